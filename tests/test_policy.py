@@ -1,0 +1,77 @@
+"""Policy backends: the OpenAI-compatible client against a fake vLLM-flavoured server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from llmi_graph import OpenAIPolicy, PolicyError, Sampling, State, Toolbox, build_graph
+from tests.fakes import FakeOpenAIServer
+
+MESSAGES = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hello"}]
+
+
+async def test_token_ids_and_logprobs_come_from_the_raw_response():
+    with FakeOpenAIServer(["Some draft."]) as server:
+        policy = OpenAIPolicy(server.url, "smol", api_key="k")
+        out = await policy.generate(MESSAGES, Sampling(max_tokens=50, temperature=0.5, seed=7))
+    assert out.text == "Some draft."
+    assert out.completion_token_ids == [1000 + i for i in range(len("Some draft."))]
+    assert out.prompt_token_ids == [1, 2, 3, 1]
+    assert out.logprobs is not None and len(out.logprobs) == len(out.completion_token_ids)
+    assert out.backend == "openai-compatible" and out.model == "smol" and out.finish_reason == "stop"
+    request = server.requests[0]
+    assert request["return_token_ids"] is True and request["logprobs"] is True
+    assert request["model"] == "smol" and request["temperature"] == 0.5 and request["seed"] == 7
+    assert request["messages"][1] == {"role": "user", "content": "hello"}
+    assert server.headers[0]["authorization"] == "Bearer k"
+
+
+async def test_concurrent_calls_each_get_their_own_token_ids():
+    with FakeOpenAIServer(["a" * 5, "b" * 9, "c" * 3], delay_s=0.1) as server:
+        policy = OpenAIPolicy(server.url, "smol")
+        outs = await asyncio.gather(*(policy.generate(MESSAGES, Sampling()) for _ in range(3)))
+    for out in outs:
+        assert len(out.completion_token_ids) == len(out.text)
+        # ids of one response share its request's base: no mixing between concurrent calls
+        assert len({i // 1000 for i in out.completion_token_ids}) == 1
+        assert out.prompt_token_ids[-1] == out.completion_token_ids[0] // 1000
+
+
+async def test_api_key_comes_from_the_environment(monkeypatch, cfg):
+    monkeypatch.setenv("LLMI_POLICY_API_KEY", "from-env")
+    with FakeOpenAIServer(["Hi."]) as server:
+        graph = build_graph(toolbox=Toolbox(backends={}))
+        await graph.ainvoke({"prompt": "x"}, context=cfg.replace(policy_url=server.url, policy_model="m"))
+    assert server.headers[0]["authorization"] == "Bearer from-env"
+
+
+async def test_graph_records_token_ids_from_an_openai_compatible_policy(cfg):
+    with FakeOpenAIServer(["Only text."]) as server:
+        graph = build_graph(toolbox=Toolbox(backends={}))
+        state = State.model_validate(
+            await graph.ainvoke({"prompt": "x"}, context=cfg.replace(policy_url=server.url, policy_model="m"))
+        )
+    assert state.policy.completion_token_ids is not None and len(state.policy.logprobs) == len("Only text.")
+
+
+async def test_server_error_is_a_policy_error_naming_the_endpoint(cfg):
+    with FakeOpenAIServer(status=500) as server:
+        graph = build_graph(toolbox=Toolbox(backends={}))
+        with pytest.raises(PolicyError, match=f"the policy at {server.url} failed"):
+            await graph.ainvoke({"prompt": "x"}, context=cfg.replace(policy_url=server.url, policy_model="m"))
+
+
+async def test_unreachable_endpoint_is_a_policy_error(cfg):
+    graph = build_graph(toolbox=Toolbox(backends={}))
+    with pytest.raises(PolicyError, match=r"failed: \w*ConnectionError: Connection error"):
+        await graph.ainvoke({"prompt": "x"}, context=cfg.replace(policy_url="http://127.0.0.1:9/v1"))
+
+
+async def test_policy_timeout(cfg):
+    with FakeOpenAIServer(["late"], delay_s=3) as server:
+        graph = build_graph(toolbox=Toolbox(backends={}))
+        context = cfg.replace(policy_url=server.url, policy_timeout_s=0.5)
+        with pytest.raises(PolicyError, match=r"no draft within 0\.5 s"):
+            await graph.ainvoke({"prompt": "x"}, context=context)

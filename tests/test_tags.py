@@ -1,0 +1,254 @@
+"""The tag protocol: what real models write must parse; what is wrong must say why."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmi_graph import ImageSlot, TextSegment, parse_tags
+
+# The paper's own system-prompt example: a single-quoted code string with unescaped inner quotes.
+PAPER_CODE_TAG = (
+    "<imgen>{'source': 'code', 'description': 'Sine wave with zero line', 'params': {'code': "
+    "'import numpy as np\\nx = np.linspace(0, 2*np.pi, 100)\\nplt.plot(x, np.sin(x))\\n"
+    "plt.axhline(y=0, color='k', linestyle='--')\\nplt.title('Sine')'}}</imgen>"
+)
+
+
+def only_call(text: str, num_input_images: int = 0):
+    draft = parse_tags(text, num_input_images)
+    assert len(draft.calls) == 1
+    return draft.calls[0]
+
+
+def test_python_dict_literal():
+    call = only_call(
+        "<imgen>{'source': 'search', 'description': 'Eiffel Tower', 'params': {'query': 'Eiffel'}}</imgen>"
+    )
+    assert call.error is None
+    assert (call.source, call.description, call.params) == ("search", "Eiffel Tower", {"query": "Eiffel"})
+
+
+def test_json_with_whitespace_inside_the_tag():
+    call = only_call(
+        '<imgen>\n  {"source": "diffusion", "description": "a cat", "params": {"prompt": "a cat"}}  \n</imgen>'
+    )
+    assert call.error is None and call.params == {"prompt": "a cat"}
+
+
+def test_paper_example_with_unescaped_inner_quotes():
+    call = only_call(PAPER_CODE_TAG)
+    assert call.error is None, call.error
+    code = call.params["code"]
+    assert "plt.axhline(y=0, color='k', linestyle='--')" in code
+    assert code.splitlines()[0] == "import numpy as np"  # the escaped \n became real newlines
+    assert code.endswith("plt.title('Sine')")
+
+
+def test_unescaped_quotes_with_dict_inside_code_picks_the_valid_reading():
+    text = (
+        "<imgen>{'source': 'code', 'description': 'bars', 'params': {'code': "
+        "'d = {'a': 1, 'b': 2}\nplt.bar(list(d), list(d.values()))'}}</imgen>"
+    )
+    call = only_call(text)
+    assert call.error is None, call.error
+    assert call.params["code"] == "d = {'a': 1, 'b': 2}\nplt.bar(list(d), list(d.values()))"
+
+
+def test_raw_newlines_inside_a_code_string():
+    text = "<imgen>{'source': 'code', 'description': 'line', 'params': {'code': 'x = [1, 2]\nplt.plot(x)'}}</imgen>"
+    assert only_call(text).params["code"] == "x = [1, 2]\nplt.plot(x)"
+
+
+def test_triple_quoted_code():
+    text = (
+        "<imgen>{'source': 'code', 'description': 'line', 'params': {'code': '''x = [1, 2]\n"
+        "plt.title('it''s')\nplt.plot(x)'''}}</imgen>"
+    )
+    call = only_call(text)
+    assert call.error is None, call.error
+    assert "plt.plot(x)" in call.params["code"]
+
+
+def test_non_ascii_reaches_the_params_intact():
+    text = (
+        "<imgen>{'source': 'code', 'description': '销售额图表', 'params': {'code': "
+        "'plt.bar([1, 2], [3, 4])\\nplt.title('2023年销售额')'}}</imgen>"
+    )
+    call = only_call(text)
+    assert call.error is None
+    assert call.description == "销售额图表"
+    assert "plt.title('2023年销售额')" in call.params["code"]
+
+
+def test_json_escaped_quotes_and_unicode_escapes():
+    payload = {
+        "source": "code",
+        "description": "t",
+        "params": {"code": 'plt.title("caf\u00e9")\nplt.plot([1])'},
+    }
+    call = only_call(f"<imgen>{json.dumps(payload)}</imgen>")  # json.dumps writes \u00e9 and \"
+    assert call.error is None and call.params == payload["params"]
+
+
+@pytest.mark.parametrize("fence", ["```", "```json", "```python", "~~~"])
+def test_tag_wrapped_in_a_code_fence_is_an_image_slot_and_the_fence_is_gone(fence):
+    closing = "~~~" if fence.startswith("~") else "```"
+    text = (
+        f"Before.\n{fence}\n<imgen>{{'source': 'search', 'description': 'x', 'params': {{'query': 'x'}}}}</imgen>\n"
+        f"{closing}\nAfter."
+    )
+    draft = parse_tags(text)
+    assert draft.calls[0].error is None
+    assert [type(s) for s in draft.segments] == [TextSegment, ImageSlot, TextSegment]
+    assert "`" not in "".join(s.text for s in draft.segments if isinstance(s, TextSegment))
+    assert "~~~" not in "".join(s.text for s in draft.segments if isinstance(s, TextSegment))
+
+
+def test_fence_inside_the_tag_and_inline_backticks():
+    inner = "<imgen>\n```python\n{'source': 'search', 'description': 'x', 'params': {'query': 'x'}}\n```\n</imgen>"
+    assert only_call(inner).error is None
+    draft = parse_tags("See `<imgen>{'source': 'search', 'description': 'x', 'params': {'query': 'x'}}</imgen>` here")
+    assert [s.text for s in draft.segments if isinstance(s, TextSegment)] == ["See ", " here"]
+
+
+def test_segments_keep_order_and_text_between_tags():
+    tag = "<imgen>{'source': 'search', 'description': 'd', 'params': {'query': 'q'}}</imgen>"
+    draft = parse_tags(f"A{tag}B{tag}{tag}C")
+    kinds = [(s.kind, s.text if isinstance(s, TextSegment) else s.index) for s in draft.segments]
+    assert kinds == [("text", "A"), ("image", 0), ("text", "B"), ("image", 1), ("image", 2), ("text", "C")]
+    assert [c.index for c in draft.calls] == [0, 1, 2]
+
+
+def test_literal_image_marker_in_model_text_stays_text():
+    draft = parse_tags(
+        "Write <image> here, and <imgen>{'source': 'search', 'description': 'd', 'params': {'query': 'q'}}</imgen>"
+    )
+    assert draft.segments[0] == TextSegment(text="Write <image> here, and ")
+    assert len(draft.calls) == 1
+
+
+def test_indices_count_input_images_first():
+    tag = "<imgen>{'source': 'search', 'description': 'd', 'params': {'query': 'q'}}</imgen>"
+    draft = parse_tags(tag + tag, num_input_images=2)
+    assert [c.index for c in draft.calls] == [2, 3]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ("{'source': 'dalle', 'description': 'd', 'params': {'prompt': 'p'}}", "unknown source 'dalle'"),
+        ("{'source': 'search', 'description': 'd', 'params': {}}", "missing 'query'"),
+        (
+            "{'source': 'search', 'description': 'd', 'params': {'query': 'q', 'num': 3}}",
+            "unexpected key(s) 'num'",
+        ),
+        (
+            "{'source': 'search', 'description': 'd', 'params': {'query': 42}}",
+            "params.query must be a string",
+        ),
+        ("{'source': 'search', 'description': 'd', 'params': {'query': '  '}}", "params.query is empty"),
+        ("{'source': 'search', 'params': {'query': 'q'}}", "missing key(s) 'description'"),
+        (
+            "{'source': 'search', 'description': 'd', 'params': {'query': 'q'}, 'x': 1}",
+            "unexpected key(s) 'x'",
+        ),
+        ("{'source': 'search', 'description': 'd', 'params': 'q'}", "'params' must be a dict"),
+        (
+            "{'source': 'edit', 'description': 'd', 'params': {'img_index': '0', 'prompt': 'p'}}",
+            "must be an integer",
+        ),
+        (
+            "{'source': 'edit', 'description': 'd', 'params': {'img_index': True, 'prompt': 'p'}}",
+            "must be an integer",
+        ),
+        ("['search', 'x']", "not a dict"),
+        ("", "empty tag"),
+        ("{'source': 'search', 'description': 'd', 'params': {'query': 'q'}", "not a valid dict literal"),
+    ],
+)
+def test_invalid_tags_say_why(body, reason):
+    call = only_call(f"<imgen>{body}</imgen>")
+    assert call.error is not None and reason in call.error, call.error
+
+
+def test_edit_index_out_of_range_and_forward():
+    edit = "<imgen>{{'source': 'edit', 'description': 'd', 'params': {{'img_index': {}, 'prompt': 'gray'}}}}</imgen>"
+    search = "<imgen>{'source': 'search', 'description': 'd', 'params': {'query': 'q'}}</imgen>"
+    draft = parse_tags(edit.format(5) + search, num_input_images=1)
+    assert "out of range" in draft.calls[0].error
+    draft = parse_tags(edit.format(2) + search, num_input_images=1)
+    assert "later tag" in draft.calls[0].error
+    draft = parse_tags(edit.format(1), num_input_images=1)
+    assert "points at itself" in draft.calls[0].error
+    draft = parse_tags(edit.format(-1), num_input_images=1)
+    assert "out of range" in draft.calls[0].error
+    # Valid: an input image, and an earlier tag.
+    assert parse_tags(edit.format(0), num_input_images=1).calls[0].error is None
+    draft = parse_tags(search + edit.format(1), num_input_images=1)
+    assert draft.calls[1].error is None and draft.calls[1].depends_on == 1
+
+
+def test_failed_tags_still_count_for_edit_indices():
+    bad = "<imgen>{'source': 'nope', 'description': 'd', 'params': {}}</imgen>"
+    edit = "<imgen>{'source': 'edit', 'description': 'd', 'params': {'img_index': 0, 'prompt': 'gray'}}</imgen>"
+    draft = parse_tags(bad + edit)
+    assert draft.calls[0].error is not None
+    assert draft.calls[1].error is None and draft.calls[1].depends_on == 0
+    assert draft.validity == 0.5
+
+
+def test_unclosed_tag_is_invalid_and_text_after_it_survives():
+    text = "Intro <imgen>{'source': 'search', 'description': 'd', 'params': {'query': 'q'}} and the rest."
+    draft = parse_tags(text)
+    assert "missing closing </imgen>" in draft.calls[0].error
+    assert draft.segments[-1] == TextSegment(text=" and the rest.")
+
+
+def test_unclosed_tag_followed_by_a_good_one():
+    good = "<imgen>{'source': 'search', 'description': 'd', 'params': {'query': 'q'}}</imgen>"
+    draft = parse_tags("<imgen>{'source': 'search'\nmiddle " + good)
+    assert len(draft.calls) == 2
+    assert draft.calls[0].error is not None and draft.calls[1].error is None
+
+
+def test_no_tags():
+    draft = parse_tags("Just text.")
+    assert draft.calls == [] and draft.validity is None
+    assert draft.segments == [TextSegment(text="Just text.")]
+
+
+def test_pathological_input_is_bounded():
+    body = "{'source': 'code', 'description': 'd', 'params': {'code': '" + "', '" * 3000 + "'}}"
+    call = only_call(f"<imgen>{body}</imgen>")  # must return, valid or not, without hanging
+    assert call.index == 0
+
+
+safe_text = st.text(st.characters(blacklist_characters="<>", blacklist_categories=("Cs",)), max_size=40)
+code_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(before=safe_text, after=safe_text, code=code_text, description=st.text(min_size=1, max_size=20))
+def test_any_json_tag_round_trips(before, after, code, description):
+    if not code.strip() or not description.strip():
+        return
+    payload = {"source": "code", "description": description, "params": {"code": code}}
+    text = f"{before}<imgen>{json.dumps(payload, ensure_ascii=False)}</imgen>{after}"
+    draft = parse_tags(text)
+    assert len(draft.calls) == 1
+    assert draft.calls[0].error is None
+    assert draft.calls[0].params == {"code": code}
+    texts = "".join(s.text for s in draft.segments if isinstance(s, TextSegment))
+    assert texts == before + after or texts.replace("`", "") == (before + after).replace("`", "")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_never_crashes_on_arbitrary_text(text):
+    draft = parse_tags(text)
+    for call in draft.calls:
+        assert call.valid or call.error
