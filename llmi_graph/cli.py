@@ -177,7 +177,7 @@ class _Progress:
 
     def live(self) -> Any:
         if console.is_terminal:
-            self._live = Live(self._render(), console=console, refresh_per_second=8, transient=False)
+            self._live = Live(self, console=console, refresh_per_second=4, transient=False)
             return self._live
         return contextlib.nullcontext()
 
@@ -195,9 +195,12 @@ class _Progress:
         else:
             return
         if self._live is not None:
-            self._live.update(self._render())
+            self._live.refresh()
         elif not (event.get("event") == "planner" and event.get("tokens") and event["status"] == "writing"):
             console.print(line, highlight=False)
+
+    def __rich__(self) -> Table:  # re-rendered on every refresh, so the clock ticks between events
+        return self._render()
 
     def _render(self) -> Table:
         table = Table.grid(padding=(0, 2))

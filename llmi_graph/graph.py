@@ -23,7 +23,7 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import Command, Send
+from langgraph.types import Command, Overwrite, Send
 
 from llmi_graph._board import close_board, get_board, open_board
 from llmi_graph.config import Config, resolve
@@ -64,12 +64,15 @@ class _Nodes:
         started = time.time()
         emit = get_stream_writer()
         store = image_store(cfg)
-        refs = state.input_images or [await asyncio.to_thread(_ingest, store, v, i) for i, v in enumerate(state.images)]
+        refs = [await asyncio.to_thread(_ingest, store, v, i) for i, v in enumerate(state.images)]
         tools = [t for t in self._toolbox(cfg).available() if state.allowed_tools is None or t in state.allowed_tools]
         content = await asyncio.to_thread(_user_content, state.prompt, refs, store, cfg.policy_vision)
         messages: list[Message] = build_messages(content, tools, state.image_num)
         emit({"event": "planner", "status": "preparing the policy"})
-        policy = self.policy or await asyncio.to_thread(policy_for, cfg)
+        try:
+            policy = self.policy or await asyncio.to_thread(policy_for, cfg)
+        except Exception as exc:
+            raise PolicyError(f"the policy could not be prepared: {exc}") from exc
         emit({"event": "planner", "status": "writing"})
         on_token = _token_reporter(emit)
         try:
@@ -87,7 +90,9 @@ class _Nodes:
             "system_prompt": messages[0]["content"],
             "draft": output.text,
             "policy": output,
-            "timings": {"started_at": started, "planner_s": time.time() - started},
+            # A new run on a thread that already holds one: start its results and timings afresh.
+            "results": Overwrite([]),
+            "timings": Overwrite({"started_at": started, "planner_s": time.time() - started}),
         }
 
     # --- parse -----------------------------------------------------------------------------------------

@@ -259,3 +259,17 @@ async def test_concurrent_runs_do_not_mix_results(cfg):
         code_result, edit_result = sorted(state.results, key=lambda r: r.index)
         assert code_result.status == edit_result.status == "ok"
         assert code_result.image.sha256 != edit_result.image.sha256
+
+
+async def test_second_run_on_a_checkpointed_thread_starts_afresh(cfg):
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    model = FakeListChatModel(responses=[f"{tag('search', query='a')} {tag('search', query='b')}", "Text only."])
+    toolbox = Toolbox(backends={"search": FakeBackend()})
+    graph = build_graph(policy=ChatModelPolicy(model), toolbox=toolbox, checkpointer=InMemorySaver())
+    thread = {"configurable": {"thread_id": "t1"}}
+    first = State.model_validate(await graph.ainvoke({"prompt": "one"}, thread, context=cfg))
+    second = State.model_validate(await graph.ainvoke({"prompt": "two"}, thread, context=cfg))
+    assert len(first.results) == 2
+    assert second.results == [] and second.calls == [] and figures(second) == []
+    assert "tools_s" in second.timings and second.timings["started_at"] > first.timings["started_at"]

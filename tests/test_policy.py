@@ -75,3 +75,17 @@ async def test_policy_timeout(cfg):
         context = cfg.replace(policy_url=server.url, policy_timeout_s=0.5)
         with pytest.raises(PolicyError, match=r"no draft within 0\.5 s"):
             await graph.ainvoke({"prompt": "x"}, context=context)
+
+
+async def test_vision_policy_receives_input_images_as_image_parts(cfg, tmp_path):
+    from tests.fakes import png
+
+    image = tmp_path / "in.png"
+    image.write_bytes(png())
+    with FakeOpenAIServer(["Seen."]) as server:
+        graph = build_graph(toolbox=Toolbox(backends={}))
+        context = cfg.replace(policy_url=server.url, policy_vision=True)
+        await graph.ainvoke({"prompt": "describe", "images": [str(image)]}, context=context)
+    content = server.requests[0]["messages"][-1]["content"]
+    assert content[0]["type"] == "text" and "image 0 (64x48)" in content[0]["text"]
+    assert content[1]["type"] == "image_url" and content[1]["image_url"]["url"].startswith("data:image/png;base64,")
