@@ -201,3 +201,23 @@ async def test_edit_through_the_client(edit_server):
     again = await pool.edit([source], "make it gray", width=32, height=32, num_inference_steps=1, seed=5)
     assert again.images == result.images
     await pool.aclose()
+
+
+@pytest.fixture(scope="module")
+def edit_plus_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("edit-plus")
+    model = build_tiny_edit(root / "model", plus=True)
+    process, url = start_server(model, root / "server.log", max_pixels=512 * 512, trust_remote_code=True)
+    yield url
+    process.stop()
+
+
+@pytest.mark.slow
+async def test_edit_plus_takes_several_images(edit_plus_server):
+    pool = ImageServerPool([edit_plus_server], token=TOKEN)
+    info = httpx.get(f"{edit_plus_server}/info", headers=auth()).json()
+    assert info["pipeline"] == "QwenImageEditPlusPipeline" and info["mode"] == "edit"
+    images = [png((200, 30, 30), size=(32, 32)), png((30, 30, 200), size=(32, 32))]
+    result = await pool.edit(images, "put them side by side", width=32, height=32, num_inference_steps=1, seed=2)
+    assert [decode(b).size for b in result.images] == [(32, 32)]
+    await pool.aclose()
