@@ -25,6 +25,7 @@ from llmi_graph.report import write_report
 from llmi_graph.state import State
 from llmi_graph.store import InvalidImageError, inspect_image
 from llmi_graph.tags import SOURCES
+from llmi_graph.toolbox import Toolbox
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="llmi: interleaved text-and-image documents.")
 console = Console(stderr=True, soft_wrap=True)
@@ -59,23 +60,37 @@ def run(
         str | None, typer.Option(help=f"Comma-separated tools this request may use ({','.join(SOURCES)}).")
     ] = None,
     cache_dir: Annotated[str | None, typer.Option(help="Model cache and image store (default ~/.cache/llmi).")] = None,
+    search_backend: Annotated[str | None, typer.Option(help="auto, serpapi, library or none.")] = None,
+    library: Annotated[str | None, typer.Option(help="A folder of images for the library search backend.")] = None,
+    diffusion_backend: Annotated[str | None, typer.Option(help="auto, server, diffusers, openai or none.")] = None,
+    edit_backend: Annotated[str | None, typer.Option(help="auto, server, diffusers, openai, local or none.")] = None,
+    code_backend: Annotated[str | None, typer.Option(help="auto, local or e2b.")] = None,
+    image_server: Annotated[
+        list[str] | None, typer.Option(help="A Qwen-Image server URL for diffusion (repeatable).")
+    ] = None,
+    edit_server: Annotated[
+        list[str] | None, typer.Option(help="A Qwen-Image-Edit server URL for edits (repeatable).")
+    ] = None,
+    tool_cache: Annotated[
+        bool | None, typer.Option("--tool-cache/--no-tool-cache", help="Reuse identical tool calls across runs.")
+    ] = None,
 ) -> None:
     """Write an interleaved document for PROMPT and save it as HTML, Markdown and trajectory.json."""
     try:
         request = _request(prompt, image or [], image_num, tools)
-        out_dir, created = _prepare_out(out)
         cfg = Config.from_env(
-            policy_url=policy_url,
-            policy_model=model,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed,
-            cache_dir=cache_dir,
-        )
+            policy_url=policy_url, policy_model=model, max_tokens=max_tokens, temperature=temperature, seed=seed,
+            cache_dir=cache_dir, search_backend=search_backend, search_library_dir=library,
+            diffusion_backend=diffusion_backend, edit_backend=edit_backend, code_backend=code_backend,
+            image_server_urls=",".join(image_server) if image_server else None,
+            edit_server_urls=",".join(edit_server) if edit_server else None, tool_cache=tool_cache,
+        )  # fmt: skip
+        toolbox = Toolbox.from_config(cfg)
+        out_dir, created = _prepare_out(out)
     except (CliError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    _warn_about_tools(cfg)
+    _describe_tools(cfg, toolbox)
     try:
         state = asyncio.run(_run_graph(request, cfg))
         paths = write_report(state, out_dir, image_store(cfg), cfg)
@@ -140,16 +155,26 @@ def _prepare_out(out: Path | None) -> tuple[Path, bool]:
     return out, created
 
 
-def _warn_about_tools(cfg: Config) -> None:
-    from tools.code import bwrap_works
+def _describe_tools(cfg: Config, toolbox: Toolbox) -> None:
+    """Say which backend serves each tool, and why a tool has none; warn loudly about unisolated code."""
+    from tools.code import LocalSandbox, bwrap_works
 
-    if not bwrap_works() and not cfg.allow_unsandboxed_code:
-        console.print(
-            "[yellow]warning:[/yellow] bubblewrap (bwrap) is unavailable, so the code tool will refuse to run "
-            "model code. Install it (apt-get install bubblewrap) or set LLMI_ALLOW_UNSANDBOXED_CODE=1 (unsafe)."
-        )
-    elif not bwrap_works():
-        console.print("[bold red]WARNING: model-written code will run WITHOUT isolation (opted in).[/bold red]")
+    parts = []
+    for source in SOURCES:
+        backend = toolbox.backend(source)
+        parts.append(f"{source}: {getattr(backend, 'name', type(backend).__name__)}" if backend else f"{source}: -")
+    console.print("tools  " + "  ".join(parts), highlight=False)
+    for source in SOURCES:
+        if toolbox.backend(source) is None:
+            console.print(f"[dim]  {source}: {toolbox.missing_reason(source)}[/dim]", highlight=False)
+    if isinstance(toolbox.backend("code"), LocalSandbox) and not bwrap_works():
+        if cfg.allow_unsandboxed_code:
+            console.print("[bold red]WARNING: model-written code will run WITHOUT isolation (opted in).[/bold red]")
+        else:
+            console.print(
+                "[yellow]warning:[/yellow] bubblewrap (bwrap) is unavailable, so the code tool will refuse to run "
+                "model code. Install it (apt-get install bubblewrap) or set LLMI_ALLOW_UNSANDBOXED_CODE=1 (unsafe)."
+            )
 
 
 async def _run_graph(request: dict[str, Any], cfg: Config) -> State:

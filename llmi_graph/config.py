@@ -79,6 +79,59 @@ class Config:
         "Run model code with resource limits only if bubblewrap is unavailable (unsafe).",
     )
 
+    # Tool backends ("auto" picks from what is configured; see README).
+    search_backend: str = _setting("search_backend", "auto", "auto, serpapi, library or none.")
+    serpapi_api_key_env: str = _setting("serpapi_api_key_env", "SERPAPI_API_KEY", "Env var holding the SerpAPI key.")
+    search_top_k: int = _setting("search_top_k", 5, "Search results to try, in rank order.")
+    search_library_dir: str | None = _setting(
+        "search_library_dir", None, "A folder of images (with optional captions) for the offline search backend."
+    )
+    download_max_mb: float = _setting("download_max_mb", 20.0, "Largest image a search may download.")
+    download_min_side: int = _setting("download_min_side", 400, "Smallest width and height a search result may have.")
+    download_max_pixels: int = _setting("download_max_pixels", 25_000_000, "Largest width x height a result may have.")
+    diffusion_backend: str = _setting("diffusion_backend", "auto", "auto, server, diffusers, openai or none.")
+    edit_backend: str = _setting("edit_backend", "auto", "auto, server, diffusers, openai, local or none.")
+    code_backend: str = _setting("code_backend", "auto", "auto, local or e2b.")
+    image_server_urls: str | None = _setting(
+        "image_server_urls", None, "Comma-separated Qwen-Image generation server URLs (llmi serve-images)."
+    )
+    edit_server_urls: str | None = _setting(
+        "edit_server_urls", None, "Comma-separated Qwen-Image-Edit server URLs (llmi serve-images)."
+    )
+    image_server_token_env: str = _setting(
+        "image_server_token_env", "LLMI_IMAGE_SERVER_TOKEN", "Env var holding the image servers' bearer token."
+    )
+    diffusers_model: str | None = _setting(
+        "diffusers_model", None, "A local diffusers text-to-image model run in-process (diffusion backend)."
+    )
+    diffusers_edit_model: str | None = _setting(
+        "diffusers_edit_model", None, "A local diffusers edit model run in-process (edit backend)."
+    )
+    diffusers_trust_remote_code: bool = _setting(
+        "diffusers_trust_remote_code", False, "Run custom component code shipped with the diffusers models."
+    )
+    diffusers_device: str = _setting("diffusers_device", "auto", "Device for in-process diffusers: auto, cpu, cuda.")
+    diffusers_dtype: str = _setting("diffusers_dtype", "auto", "dtype for in-process diffusers (auto: bf16 on GPU).")
+    images_api_url: str | None = _setting(
+        "images_api_url", None, "OpenAI-compatible images API base URL (OpenAI, a Seedream gateway, ...)."
+    )
+    images_api_model: str = _setting("images_api_model", "gpt-image-1", "Model name at images_api_url.")
+    images_api_key_env: str = _setting(
+        "images_api_key_env", "LLMI_IMAGES_API_KEY", "Env var holding the images API key (else OPENAI_API_KEY)."
+    )
+    image_width: int = _setting("image_width", 1024, "Width of generated images.")
+    image_height: int = _setting("image_height", 1024, "Height of generated images.")
+    image_steps: int | None = _setting(
+        "image_steps", None, "Inference steps for diffusion/edit (backend default).", kind=int
+    )
+    e2b_api_key_env: str = _setting("e2b_api_key_env", "E2B_API_KEY", "Env var holding the E2B key.")
+    search_concurrency: int = _setting("search_concurrency", 4, "Search calls at once.")
+    diffusion_concurrency: int = _setting("diffusion_concurrency", 4, "Diffusion calls at once.")
+    edit_concurrency: int = _setting("edit_concurrency", 4, "Edit calls at once.")
+    tool_cache: bool = _setting(
+        "tool_cache", False, "Reuse identical tool calls across runs (memory and disk); within a run always."
+    )
+
     # Storage.
     cache_dir: str = _setting(
         "cache_dir", "~/.cache/llmi", "Model cache, sandbox font cache and the default image store."

@@ -7,7 +7,7 @@
                             \\-----------------------> assemble   (no valid tags)
 
 Every call of a draft is sent in one step, so independent calls run concurrently; an edit waits only
-for the image it depends on (see `_board`). Tool failures become failed slots, never a failed run.
+for the image it depends on (see `_run`). Tool failures become failed slots, never a failed run.
 """
 
 from __future__ import annotations
@@ -25,14 +25,15 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command, Overwrite, Send
 
-from llmi_graph._board import close_board, get_board, open_board
+from llmi_graph._run import RunContext, close_run, get_run, open_run
+from llmi_graph.cache import ToolCache, cache_key, shared_cache
 from llmi_graph.config import Config, resolve
 from llmi_graph.policy import Message, Policy, Sampling, policy_for
 from llmi_graph.prompts import build_messages, build_user_message
 from llmi_graph.state import Figure, ImageRef, ImageResult, State, ToolTask
 from llmi_graph.store import ImageStore, InvalidImageError, decode_image_input
 from llmi_graph.tags import SOURCES, TextSegment, ToolCall, parse_tags
-from llmi_graph.toolbox import Toolbox, execute_call, failed, no_backend_reason
+from llmi_graph.toolbox import Toolbox, execute_call, failed, tool_metrics
 
 
 class PolicyError(RuntimeError):
@@ -101,7 +102,12 @@ class _Nodes:
         cfg = resolve(runtime.context)
         parsed = parse_tags(state.draft, num_input_images=len(state.input_images))
         run_key = uuid.uuid4().hex
-        board = open_board(run_key)
+        cache = shared_cache(cfg.cache_path / "tool-cache") if cfg.tool_cache else ToolCache()
+        context = open_run(
+            run_key,
+            RunContext(toolbox=self._toolbox(cfg), cache=cache, owns_toolbox=not isinstance(self.toolbox, Toolbox)),
+        )
+        board = context.board
         emit = get_stream_writer()
         invalid: list[ImageResult] = []
         sends: list[Send] = []
@@ -160,32 +166,32 @@ class _Nodes:
             cfg = resolve(runtime.context)
             emit = get_stream_writer()
             emit({"event": "tool", "index": task.call.index, "source": source, "status": "running"})
-            board = get_board(task.run_key)
+            context = get_run(task.run_key)
             try:
-                result = await self._run_tool(task, cfg, board)
+                result = await self._run_tool(task, cfg, context)
             except asyncio.CancelledError:
-                if board is not None:
-                    board.publish(failed(task.call, "cancelled"))
+                if context is not None:
+                    context.board.publish(failed(task.call, "cancelled"))
                 raise
             except Exception as exc:  # a bug here must not sink the document
                 result = failed(task.call, f"internal error: {type(exc).__name__}: {exc}")
-            if board is not None:
-                board.publish(result)
+            if context is not None:
+                context.board.publish(result)
             emit(_tool_event(result))
             return {"results": [result]}
 
         node.__name__ = f"{source}_node"
         return node
 
-    async def _run_tool(self, task: ToolTask, cfg: Config, board: Any) -> ImageResult:
+    async def _run_tool(self, task: ToolTask, cfg: Config, context: RunContext | None) -> ImageResult:
         call = task.call
         assert call.source is not None
         if task.refusal:
             return failed(call, task.refusal)
-        toolbox = self._toolbox(cfg)
+        toolbox = context.toolbox if context is not None else self._toolbox(cfg)
         backend = toolbox.backend(call.source)
         if backend is None:
-            return failed(call, no_backend_reason(call.source))
+            return failed(call, toolbox.missing_reason(call.source))
         store = image_store(cfg)
         inputs: list[bytes] = []
         dep = call.depends_on
@@ -193,23 +199,40 @@ class _Nodes:
             if dep < len(task.input_images):
                 inputs = [await asyncio.to_thread(store.get, task.input_images[dep])]
             else:
-                if board is None:
+                if context is None:
                     return failed(
                         call,
                         f"dependency failed: the result of image {dep} is not available "
                         "(was the run resumed in another process?)",
                     )
                 try:
-                    source = await board.wait(dep, timeout=task.wait_timeout_s)
+                    source = await context.board.wait(dep, timeout=task.wait_timeout_s)
                 except TimeoutError:
                     return failed(call, f"dependency failed: image {dep} did not finish in time")
                 if source.status != "ok" or source.image is None:
                     what = source.source or "invalid tag"
                     return failed(call, f"dependency failed: image {dep} ({what}) failed: {source.error}")
                 inputs = [await asyncio.to_thread(store.get, source.image)]
-        return await execute_call(
-            call, backend, inputs, store=store, cfg=cfg, concurrency=toolbox.concurrency.get(call.source)
-        )
+
+        async def execute() -> ImageResult:
+            return await execute_call(
+                call, backend, inputs, store=store, cfg=cfg, concurrency=toolbox.concurrency.get(call.source)
+            )
+
+        cache = context.cache if context is not None else ToolCache()
+        backend_id = str(getattr(backend, "cache_id", None) or getattr(backend, "name", type(backend).__name__))
+        started = time.perf_counter()
+        result, hit = await cache.run(cache_key(call.source, backend_id, call.params, inputs), execute)
+        if hit:  # the stored or shared result belongs to another slot: make it this one's
+            result = result.model_copy(
+                update={
+                    "index": call.index,
+                    "cache_hit": True,
+                    "attempts": 0,
+                    "latency_s": time.perf_counter() - started,
+                }
+            )
+        return result
 
     # --- assemble --------------------------------------------------------------------------------------
 
@@ -222,14 +245,14 @@ class _Nodes:
                 document.append(segment)
                 continue
             document.append(_figure(calls[segment.index], results.get(segment.index)))
-        close_board(state.run_key)
+        await close_run(state.run_key)
         now = time.time()
         timings: dict[str, float] = {"finished_at": now}
         if "tools_started_at" in state.timings:
             timings["tools_s"] = now - state.timings["tools_started_at"]
         if "started_at" in state.timings:
             timings["total_s"] = now - state.timings["started_at"]
-        return {"document": document, "timings": timings}
+        return {"document": document, "timings": timings, "tool_metrics": tool_metrics(state.results)}
 
 
 def _figure(call: ToolCall, result: ImageResult | None) -> Figure:

@@ -160,9 +160,11 @@ def trajectory(state: State, cfg: Config | None = None, image_paths: dict[int, s
             "valid": sum(c.valid for c in state.calls),
             "images_ok": sum(1 for r in state.results if r.status == "ok"),
             "images_failed": sum(1 for c in calls if c["status"] != "ok"),
+            "cache_hits": sum(1 for r in state.results if r.cache_hit),
         },
         "segments": [s.model_dump(mode="json") for s in state.segments],
         "timings": {k: round(v, 4) for k, v in state.timings.items()},
+        "tool_metrics": state.tool_metrics,
         "policy": policy,
         "config": _public_config(cfg) if cfg else None,
     }

@@ -95,6 +95,9 @@ class State(BaseModel):
     results: Annotated[list[ImageResult], operator.add] = Field(default_factory=list)
     document: list[TextSegment | Figure] = Field(default_factory=list)
     timings: Annotated[dict[str, float], _merge] = Field(default_factory=dict)
+    tool_metrics: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Per tool: calls, ok, failed, cache hits, attempts, latency."
+    )
     run_key: str = ""
 
     @field_validator("prompt")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import weakref
 from collections.abc import Sequence
@@ -30,22 +31,29 @@ _PROVENANCE_KEY = {"search": "query", "diffusion": "prompt", "code": "code", "ed
 
 @dataclass
 class Toolbox:
-    """The backend for each tool (None: no backend configured) and how many calls each may run at once."""
+    """The backend for each tool (None: none configured, with the reason) and each one's concurrency limit."""
 
     backends: dict[str, ImageBackend | None]
     concurrency: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: Config) -> Toolbox:
-        code = LocalSandbox(
-            SandboxLimits(timeout_s=cfg.code_timeout_s, memory_mb=cfg.code_memory_mb),
-            allow_unsandboxed=cfg.allow_unsandboxed_code,
-            cache_dir=cfg.cache_path,
-        )
-        return cls(
-            backends={"search": None, "diffusion": None, "code": code, "edit": None},
-            concurrency={"code": cfg.code_concurrency},
-        )
+        """Backends chosen by the config (and the env vars it names); see README "Tools"."""
+        backends: dict[str, ImageBackend | None] = {}
+        reasons: dict[str, str] = {}
+        for source, choose in (("search", _search), ("diffusion", _diffusion), ("code", _code), ("edit", _edit)):
+            try:
+                backends[source] = choose(cfg)
+            except _Unconfigured as exc:
+                backends[source], reasons[source] = None, str(exc)
+        concurrency = {
+            "search": cfg.search_concurrency,
+            "diffusion": cfg.diffusion_concurrency,
+            "code": cfg.code_concurrency,
+            "edit": cfg.edit_concurrency,
+        }
+        return cls(backends=backends, concurrency=concurrency, reasons=reasons)
 
     def available(self) -> list[str]:
         """Tools that have a backend, in protocol order."""
@@ -54,13 +62,158 @@ class Toolbox:
     def backend(self, source: str) -> ImageBackend | None:
         return self.backends.get(source)
 
+    def missing_reason(self, source: str) -> str:
+        return self.reasons.get(source) or f"no backend configured for the {source} tool"
+
+    async def aclose(self) -> None:
+        """Release per-run resources (an E2B sandbox, HTTP clients)."""
+        for backend in self.backends.values():
+            closer = getattr(backend, "aclose", None) or getattr(getattr(backend, "pool", None), "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+
+
+class _Unconfigured(Exception):
+    """A tool has no usable backend; the message says what to set."""
+
+
+def _urls(value: str | None) -> list[str]:
+    return [u.strip() for u in (value or "").split(",") if u.strip()]
+
+
+def _key(env: str, *fallbacks: str) -> str | None:
+    for name in (env, *fallbacks):
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def _check_choice(source: str, choice: str, allowed: tuple[str, ...]) -> None:
+    if choice not in allowed:
+        raise ValueError(f"LLMI_{source.upper()}_BACKEND={choice!r}: expected one of {', '.join(allowed)}")
+
+
+def _search(cfg: Config) -> ImageBackend | None:
+    from tools.search import DownloadLimits, SerpApiSearch
+
+    choice = cfg.search_backend
+    _check_choice("search", choice, ("auto", "serpapi", "library", "none"))
+    key = _key(cfg.serpapi_api_key_env)
+    if choice == "none":
+        raise _Unconfigured("the search tool is turned off (LLMI_SEARCH_BACKEND=none)")
+    if choice == "serpapi" or (choice == "auto" and key):
+        if not key:
+            raise _Unconfigured(
+                f"{cfg.serpapi_api_key_env} is not set: set it, or use the library backend "
+                "(LLMI_SEARCH_BACKEND=library with LLMI_SEARCH_LIBRARY_DIR)"
+            )
+        limits = DownloadLimits(
+            max_bytes=int(cfg.download_max_mb * 1024 * 1024),
+            max_pixels=cfg.download_max_pixels,
+            min_width=cfg.download_min_side,
+            min_height=cfg.download_min_side,
+        )
+        return SerpApiSearch(api_key=key, top_k=cfg.search_top_k, limits=limits)
+    if choice == "library" or (choice == "auto" and cfg.search_library_dir):
+        if not cfg.search_library_dir:
+            raise _Unconfigured("LLMI_SEARCH_LIBRARY_DIR is not set: point it at a folder of images")
+        from tools.library import LocalImageLibrary
+
+        return LocalImageLibrary(cfg.search_library_dir, cfg.cache_path)
+    raise _Unconfigured(
+        f"no backend configured for the search tool: set {cfg.serpapi_api_key_env} (SerpAPI) or "
+        "LLMI_SEARCH_LIBRARY_DIR (a local image library)"
+    )
+
+
+def _pool(urls: list[str], cfg: Config) -> Any:
+    from servers.image_client import ImageServerPool
+
+    return ImageServerPool(urls, token=_key(cfg.image_server_token_env), timeout_s=cfg.tool_timeout_s)
+
+
+def _images_api_key(cfg: Config) -> str | None:
+    return _key(cfg.images_api_key_env, "OPENAI_API_KEY")
+
+
+def _diffusion(cfg: Config) -> ImageBackend | None:
+    from tools.diffusion import DiffusersDiffusion, ImageServerDiffusion, OpenAIImagesDiffusion
+
+    choice = cfg.diffusion_backend
+    _check_choice("diffusion", choice, ("auto", "server", "diffusers", "openai", "none"))
+    urls = _urls(cfg.image_server_urls)
+    if choice == "none":
+        raise _Unconfigured("the diffusion tool is turned off (LLMI_DIFFUSION_BACKEND=none)")
+    if choice == "server" or (choice == "auto" and urls):
+        if not urls:
+            raise _Unconfigured(
+                "LLMI_IMAGE_SERVER_URLS is not set: list the Qwen-Image server URLs (llmi serve-images)"
+            )
+        return ImageServerDiffusion(_pool(urls, cfg), width=cfg.image_width, height=cfg.image_height,
+                                    steps=cfg.image_steps)  # fmt: skip
+    if choice == "openai" or (choice == "auto" and cfg.images_api_url):
+        key = _images_api_key(cfg)
+        if not key:
+            raise _Unconfigured(f"{cfg.images_api_key_env} (or OPENAI_API_KEY) is not set: set it for the images API")
+        return OpenAIImagesDiffusion(cfg.images_api_url, cfg.images_api_model, key,
+                                     size=f"{cfg.image_width}x{cfg.image_height}")  # fmt: skip
+    if choice == "diffusers" or (choice == "auto" and cfg.diffusers_model):
+        if not cfg.diffusers_model:
+            raise _Unconfigured("LLMI_DIFFUSERS_MODEL is not set: point it at a diffusers model folder")
+        return DiffusersDiffusion(cfg.diffusers_model, device=cfg.diffusers_device, dtype=cfg.diffusers_dtype,
+                                  width=cfg.image_width, height=cfg.image_height, steps=cfg.image_steps,
+                                  trust_remote_code=cfg.diffusers_trust_remote_code)  # fmt: skip
+    raise _Unconfigured(
+        "no backend configured for the diffusion tool: set LLMI_IMAGE_SERVER_URLS (Qwen-Image servers), "
+        "LLMI_IMAGES_API_URL (an images API) or LLMI_DIFFUSERS_MODEL (in-process diffusers)"
+    )
+
+
+def _code(cfg: Config) -> ImageBackend | None:
+    choice = cfg.code_backend
+    _check_choice("code", choice, ("auto", "local", "e2b"))
+    key = _key(cfg.e2b_api_key_env)
+    if choice == "e2b" or (choice == "auto" and key):
+        if not key:
+            raise _Unconfigured(f"{cfg.e2b_api_key_env} is not set: set it, or use LLMI_CODE_BACKEND=local")
+        from tools.code import E2BSandbox
+
+        return E2BSandbox(key, timeout_s=cfg.code_timeout_s)
+    return LocalSandbox(
+        SandboxLimits(timeout_s=cfg.code_timeout_s, memory_mb=cfg.code_memory_mb),
+        allow_unsandboxed=cfg.allow_unsandboxed_code,
+        cache_dir=cfg.cache_path,
+    )
+
+
+def _edit(cfg: Config) -> ImageBackend | None:
+    from tools.edit import DiffusersEdit, ImageServerEdit, LocalEditor, OpenAIImagesEdit
+
+    choice = cfg.edit_backend
+    _check_choice("edit", choice, ("auto", "server", "diffusers", "openai", "local", "none"))
+    urls = _urls(cfg.edit_server_urls)
+    if choice == "none":
+        raise _Unconfigured("the edit tool is turned off (LLMI_EDIT_BACKEND=none)")
+    if choice == "server" or (choice == "auto" and urls):
+        if not urls:
+            raise _Unconfigured("LLMI_EDIT_SERVER_URLS is not set: list the Qwen-Image-Edit server URLs")
+        return ImageServerEdit(_pool(urls, cfg), steps=cfg.image_steps)
+    if choice == "openai" or (choice == "auto" and cfg.images_api_url and _images_api_key(cfg)):
+        key = _images_api_key(cfg)
+        if not key:
+            raise _Unconfigured(f"{cfg.images_api_key_env} (or OPENAI_API_KEY) is not set: set it for the images API")
+        return OpenAIImagesEdit(cfg.images_api_url, cfg.images_api_model, key)
+    if choice == "diffusers" or (choice == "auto" and cfg.diffusers_edit_model):
+        if not cfg.diffusers_edit_model:
+            raise _Unconfigured("LLMI_DIFFUSERS_EDIT_MODEL is not set: point it at a diffusers edit model folder")
+        return DiffusersEdit(cfg.diffusers_edit_model, device=cfg.diffusers_device, dtype=cfg.diffusers_dtype,
+                             steps=cfg.image_steps, trust_remote_code=cfg.diffusers_trust_remote_code)  # fmt: skip
+    return LocalEditor()
+
 
 def failed(call: ToolCall, reason: str, **extra: Any) -> ImageResult:
     return ImageResult(index=call.index, source=call.source, status="failed", error=reason, **extra)
-
-
-def no_backend_reason(source: str) -> str:
-    return f"no backend configured for the {source} tool"
 
 
 _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], asyncio.Semaphore]] = (
@@ -150,3 +303,20 @@ async def execute_call(
         attempts=attempts,
         latency_s=time.perf_counter() - start,
     )
+
+
+def tool_metrics(results: list[ImageResult]) -> dict[str, dict[str, float]]:
+    """Per tool: calls, successes, failures, cache hits, attempts, total and slowest latency."""
+    metrics: dict[str, dict[str, float]] = {}
+    for r in results:
+        m = metrics.setdefault(
+            r.source or "invalid",
+            {"calls": 0, "ok": 0, "failed": 0, "cache_hits": 0, "attempts": 0, "latency_s": 0.0, "max_latency_s": 0.0},
+        )
+        m["calls"] += 1
+        m["ok" if r.status == "ok" else "failed"] += 1
+        m["cache_hits"] += int(r.cache_hit)
+        m["attempts"] += r.attempts
+        m["latency_s"] = round(m["latency_s"] + r.latency_s, 4)
+        m["max_latency_s"] = round(max(m["max_latency_s"], r.latency_s), 4)
+    return metrics

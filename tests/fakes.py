@@ -37,6 +37,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class LoopbackApp:
+    """Serve an ASGI app on 127.0.0.1 in a background thread (a context manager)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self.port = free_port()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LoopbackApp:
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.time() + 10
+        while not self._server.started:
+            if time.time() > deadline:
+                raise RuntimeError("loopback app did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._server is not None and self._thread is not None
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
 class FakeOpenAIServer:
     """A fake OpenAI-compatible (vLLM-flavoured) chat server on loopback, answering with scripted drafts."""
 

@@ -9,7 +9,9 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.fakes import FakeOpenAIServer, png
 
@@ -62,19 +64,23 @@ def test_done_when_a_policy_url_draft_with_code_search_and_edit(tmp_path, env, r
     assert f"Report: {out.resolve() / 'report.html'}" in result.stdout
     html = (out / "report.html").read_text()
     imgs = [a for t, a in _tags(html) if t == "img"]
-    assert len(imgs) == 1 and imgs[0]["src"].startswith("data:image/png;base64,")
-    assert html.count('class="failed"') == 2
-    assert "no backend configured for the search tool" in html
-    assert "no backend configured for the edit tool" in html
+    # The chart (code, local sandbox) and its grayscale edit (the offline local editor) are made; with no
+    # SerpAPI key or image library, the search slot fails with a reason that says what to set.
+    assert len(imgs) == 2 and all(i["src"].startswith("data:image/png;base64,") for i in imgs)
+    assert html.count('class="failed"') == 1
+    assert "no backend configured for the search tool: set SERPAPI_API_KEY" in html
     assert "<h1>The parabola</h1>" in html
     traj = json.loads((out / "trajectory.json").read_text())
     assert [(c["source"], c["status"]) for c in traj["calls"]] == [
         ("code", "ok"),
         ("search", "failed"),
-        ("edit", "failed"),
+        ("edit", "ok"),
     ]
+    edited = np.asarray(Image.open(out / traj["calls"][2]["image"]).convert("RGB")).astype(int)
+    assert (edited[..., 0] == edited[..., 1]).all() and (edited[..., 1] == edited[..., 2]).all()
+    assert traj["calls"][2]["provenance"]["operations"] == ["grayscale"]
     assert traj["calls"][0]["provenance"]["figure_texts"] == ["y = x^2"]
-    assert traj["calls"][1]["reason"] == "no backend configured for the search tool"
+    assert traj["calls"][1]["reason"].startswith("no backend configured for the search tool")
     assert traj["policy"]["completion_token_ids"] and len(traj["policy"]["logprobs"]) == len(
         traj["policy"]["completion_token_ids"]
     )
@@ -200,3 +206,29 @@ def test_embedding_example_runs(env, requires_bwrap):
     )
     assert result.returncode == 0, result.stderr
     assert "[image 0 (code): ok " in result.stdout
+
+
+def test_library_search_through_the_cli(tmp_path, env):
+    from PIL import Image as PILImage
+
+    library = tmp_path / "assets"
+    library.mkdir()
+    PILImage.new("RGB", (80, 60), (250, 200, 0)).save(library / "sunflower_field.png")
+    PILImage.new("RGB", (80, 60), (0, 0, 90)).save(library / "night_sky_over_mountains.png")
+    draft = (
+        "Sunflowers.\n<imgen>{'source': 'search', 'description': 'sunflowers', "
+        "'params': {'query': 'a field of sunflowers'}}</imgen>"
+    )
+    with FakeOpenAIServer([draft]) as server:
+        result = llmi("run", "Sunflowers", "--policy-url", server.url, "--library", str(library),
+                      "--out", str(tmp_path / "o"), env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "search: library" in result.stderr
+    call = json.loads((tmp_path / "o" / "trajectory.json").read_text())["calls"][0]
+    assert call["status"] == "ok" and call["provenance"]["library_path"] == "sunflower_field.png"
+
+
+def test_bad_backend_choice_is_a_clear_error(tmp_path, env):
+    result = llmi("run", "p", "--edit-backend", "photoshop", "--out", str(tmp_path / "o"), env=env)
+    assert result.returncode == 2 and "LLMI_EDIT_BACKEND='photoshop'" in result.stderr
+    assert not (tmp_path / "o").exists()

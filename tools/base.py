@@ -31,3 +31,25 @@ class ImageBackend(Protocol):
     name: str
 
     async def __call__(self, params: Mapping[str, Any], inputs: Sequence[bytes] = ()) -> ToolOutput: ...
+
+
+def png_bytes(image: Any) -> bytes:
+    """Encode a PIL image as PNG."""
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def openai_tool_error(exc: Exception, what: str) -> ToolError:
+    """Map an `openai` SDK error to a ToolError: rate limits, timeouts, connection and 5xx errors are transient."""
+    import openai
+
+    transient = isinstance(
+        exc, openai.RateLimitError | openai.APITimeoutError | openai.APIConnectionError | openai.InternalServerError
+    )
+    status = getattr(exc, "status_code", None)
+    message = getattr(exc, "message", None) or str(exc)
+    where = f" ({status})" if status else ""
+    return ToolError(f"{what} failed{where}: {message}"[:1000], transient=transient)

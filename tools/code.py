@@ -10,6 +10,8 @@ code with resource limits only (`allow_unsandboxed=True`, env `LLMI_ALLOW_UNSAND
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -410,3 +412,122 @@ def bwrap_works() -> bool:
         return subprocess.run(probe, capture_output=True, timeout=30, check=False).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
+
+
+# --- E2B --------------------------------------------------------------------------------------------
+
+E2B_PREAMBLE = """\
+import matplotlib
+matplotlib.use("Agg")
+import numpy as np, pandas as pd, matplotlib.pyplot as plt, seaborn as sns
+plt.close("all")
+_llmi_show, _llmi_savefig, _llmi_close = plt.show, plt.savefig, plt.close
+plt.show = lambda *a, **k: None
+plt.savefig = lambda *a, **k: None
+plt.close = lambda *a, **k: None
+"""
+E2B_TRAILER = """
+def _llmi_has_content(fig):
+    for ax in fig.axes:
+        if ax.lines or ax.collections or ax.patches or ax.images or ax.texts or ax.tables or ax.artists:
+            return True
+    return bool(fig.texts or fig.images)
+_llmi_figs = [plt.figure(n) for n in plt.get_fignums()]
+_llmi_chosen = next((f for f in reversed(_llmi_figs) if _llmi_has_content(f)), None)
+plt.show, plt.savefig, plt.close = _llmi_show, _llmi_savefig, _llmi_close
+if _llmi_chosen is None:
+    raise RuntimeError("the code drew no figure (use matplotlib: plt.plot, plt.bar, sns.lineplot, ...)")
+from IPython.display import display as _llmi_display
+_llmi_display(_llmi_chosen)
+plt.close("all")
+"""
+
+
+class E2BSandbox:
+    """Runs plotting code in an E2B cloud sandbox (no internet inside); one sandbox per run, killed at its end.
+
+    The same preamble and rules as the local sandbox; the PNG comes from the execution's results. `timeout_s`
+    bounds each execution, `request_timeout_s` each request to E2B, `sandbox_timeout_s` the sandbox's life.
+    """
+
+    name = "e2b"
+    cache_id = "e2b:1"
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        timeout_s: float = 30.0,
+        request_timeout_s: float = 30.0,
+        sandbox_timeout_s: int = 600,
+        sandbox_factory: Any = None,
+    ):
+        self.api_key = api_key
+        self.timeout_s, self.request_timeout_s, self.sandbox_timeout_s = timeout_s, request_timeout_s, sandbox_timeout_s
+        self._factory = sandbox_factory
+        self._sandbox: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _get(self) -> Any:
+        async with self._lock:
+            if self._sandbox is None:
+                from e2b import SandboxException
+
+                factory = self._factory
+                if factory is None:
+                    from e2b_code_interpreter import AsyncSandbox
+
+                    factory = AsyncSandbox.create
+                try:
+                    self._sandbox = await factory(
+                        api_key=self.api_key, timeout=self.sandbox_timeout_s, allow_internet_access=False,
+                        request_timeout=self.request_timeout_s,
+                    )  # fmt: skip
+                except SandboxException as exc:
+                    raise ToolError(f"could not start an E2B sandbox: {exc}", transient=True) from None
+            return self._sandbox
+
+    async def __call__(self, params: Mapping[str, Any], inputs: Sequence[bytes] = ()) -> ToolOutput:
+        return await self.run(str(params["code"]))
+
+    async def run(self, code: str) -> ToolOutput:
+        from e2b import SandboxException, TimeoutException
+
+        sandbox = await self._get()
+        started = time.perf_counter()
+        try:
+            execution = await sandbox.run_code(
+                E2B_PREAMBLE + code + "\n" + E2B_TRAILER, timeout=self.timeout_s, request_timeout=self.request_timeout_s
+            )
+        except TimeoutException as exc:
+            raise ToolError(f"code timed out on E2B ({exc})") from None
+        except SandboxException as exc:
+            raise ToolError(f"E2B failed: {exc}", transient=True) from None
+        return e2b_output(execution, code, time.perf_counter() - started)
+
+    async def aclose(self) -> None:
+        """Kill the run's sandbox (a later call starts a new one)."""
+        async with self._lock:
+            sandbox, self._sandbox = self._sandbox, None
+        if sandbox is not None:
+            with contextlib.suppress(Exception):
+                await sandbox.kill()
+
+
+def e2b_output(execution: Any, code: str, elapsed: float) -> ToolOutput:
+    """Turn an e2b_code_interpreter `Execution` into a ToolOutput (the last PNG result), or raise ToolError."""
+    stdout = "".join(execution.logs.stdout)[-_LOG_TAIL:]
+    stderr = "".join(execution.logs.stderr)[-_LOG_TAIL:]
+    logs = (f"--- stdout ---\n{stdout}\n" if stdout else "") + (f"--- stderr ---\n{stderr}\n" if stderr else "")
+    if execution.error is not None:
+        err = execution.error
+        raise ToolError(f"{err.name}: {err.value}", logs=logs + (err.traceback or "")[-_LOG_TAIL:])
+    pngs = [r.png for r in execution.results if getattr(r, "png", None)]
+    if not pngs:
+        raise ToolError("the code drew no figure (no PNG in the E2B results)", logs=logs)
+    return ToolOutput(
+        image=base64.b64decode(pngs[-1]),
+        backend="e2b",
+        logs=logs,
+        provenance={"code": code, "isolated": True, "run_s": round(elapsed, 3)},
+    )
