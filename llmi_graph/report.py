@@ -21,9 +21,9 @@ import nh3
 from markdown_it import MarkdownIt
 
 from llmi_graph.config import Config
-from llmi_graph.state import Figure, ImageResult, State
+from llmi_graph.state import Figure, ImageRef, ImageResult, PolicyOutput, State
 from llmi_graph.store import ImageStore
-from llmi_graph.tags import TextSegment
+from llmi_graph.tags import ImageSlot, TextSegment, ToolCall
 
 TRAJECTORY_VERSION = 1
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
@@ -143,6 +143,8 @@ def trajectory(state: State, cfg: Config | None = None, image_paths: dict[int, s
                 logs=result.logs,
                 image=(image_paths or {}).get(call.index) or (result.image.path if result.image else None),
                 sha256=result.image.sha256 if result.image else None,
+                mime=result.image.mime if result.image else None,
+                size=[result.image.width, result.image.height] if result.image else None,
             )
         calls.append(entry)
     policy = state.policy.model_dump(mode="json") if state.policy else None
@@ -168,6 +170,45 @@ def trajectory(state: State, cfg: Config | None = None, image_paths: dict[int, s
         "policy": policy,
         "config": _public_config(cfg) if cfg else None,
     }
+
+
+def load_state(path: str | os.PathLike[str]) -> State:
+    """Rebuild a finished State from a trajectory.json (or the folder holding one), e.g. to score it later."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "trajectory.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("version") != TRAJECTORY_VERSION:
+        raise ValueError(f"{path}: trajectory version {data.get('version')} is not {TRAJECTORY_VERSION}")
+    calls, results, figures = [], [], {}
+    for c in data["calls"]:
+        image = None
+        if c.get("image") and c.get("sha256"):
+            image_path = Path(c["image"]) if Path(c["image"]).is_absolute() else path.parent / c["image"]
+            width, height = c.get("size") or (0, 0)
+            image = ImageRef(sha256=c["sha256"], path=str(image_path), mime=c.get("mime") or "image/png",
+                             width=width, height=height)  # fmt: skip
+        invalid = c["status"] == "invalid"
+        call = ToolCall(index=c["index"], source=c["source"], description=c["description"], params=c["params"] or {},
+                        error=c["reason"] if invalid else None, raw=c.get("raw", ""))  # fmt: skip
+        status = "ok" if c["status"] == "ok" else "failed"
+        reason = f"invalid tag: {c['reason']}" if invalid else c["reason"]
+        calls.append(call)
+        results.append(ImageResult(index=c["index"], source=c["source"], status=status, image=image,
+                                   error=None if status == "ok" else reason, backend=c.get("backend"),
+                                   provenance=c.get("provenance") or {}, latency_s=c.get("latency_s") or 0.0,
+                                   attempts=c.get("attempts") or 0, cache_hit=bool(c.get("cache_hit"))))  # fmt: skip
+        figures[c["index"]] = Figure(index=c["index"], source=c["source"], description=c["description"],
+                                     status=status, image=image, error=None if status == "ok" else reason)  # fmt: skip
+    segments = [TextSegment(**s) if s["kind"] == "text" else ImageSlot(**s) for s in data["segments"]]
+    document = [s if isinstance(s, TextSegment) else figures[s.index] for s in segments]
+    return State(
+        prompt=data["prompt"], image_num=data.get("image_num", 0), allowed_tools=data.get("allowed_tools"),
+        input_images=[ImageRef(**r) for r in data.get("input_images", [])], system_prompt=data.get("system_prompt", ""),
+        draft=data["draft"], policy=PolicyOutput(**data["policy"]) if data.get("policy") else None, segments=segments,
+        calls=calls, results=results, document=document, timings=data.get("timings", {}),
+        tool_metrics=data.get("tool_metrics", {}),
+    )  # fmt: skip
 
 
 def _public_config(cfg: Config) -> dict[str, Any]:

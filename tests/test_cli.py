@@ -232,3 +232,25 @@ def test_bad_backend_choice_is_a_clear_error(tmp_path, env):
     result = llmi("run", "p", "--edit-backend", "photoshop", "--out", str(tmp_path / "o"), env=env)
     assert result.returncode == 2 and "LLMI_EDIT_BACKEND='photoshop'" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_score_a_report_with_the_hybrid_reward(tmp_path, env, requires_bwrap):
+    out = tmp_path / "report"
+    with FakeOpenAIServer([DONE_WHEN_DRAFT]) as server:
+        assert (
+            llmi("run", "Explain the parabola", "--policy-url", server.url, "--out", str(out), env=env).returncode == 0
+        )
+    judge_answer = json.dumps({"text": 4, "image": 3, "explanation": "ok"})
+    with FakeOpenAIServer([judge_answer]) as judge:
+        result = llmi("score", str(out), "--judge-url", judge.url, "--judge-model", "fake-judge", env=env)
+        judged = judge.requests[0]["messages"][1]["content"]
+    assert result.returncode == 0, result.stderr
+    assert "<imgen>" in judged and "Explain the parabola" in judged  # the LLM judge reads the raw draft
+    score = json.loads((out / "score.json").read_text())
+    # 2 images made (chart and its edit), image_num 0: n = 1; l = ((1.4*4 + 0.6*3)/2 - 1)/4; no MLLM judge
+    llm = ((1.4 * 4 + 0.6 * 3) / 2 - 1) / 4
+    assert score["image_num_score"] == 1.0 and score["llm"] == pytest.approx(llm) and score["mllm"] is None
+    assert score["reward"] == pytest.approx((0.2 + 0.5 * llm) / 0.7)
+    assert score["judges"]["llm"]["model"] == "fake-judge" and score["judges"]["llm"]["prompt_version"] == "llm-judge/1"
+    bad = llmi("score", str(tmp_path / "nope"), env=env)
+    assert bad.returncode == 2 and "cannot score" in bad.stderr

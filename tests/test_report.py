@@ -105,3 +105,25 @@ async def test_rewriting_an_output_folder_leaves_no_staging_behind(cfg, tmp_path
         write_report(state, out, image_store(cfg), cfg)
     assert sorted(p.name for p in out.iterdir()) == ["images", "report.html", "report.md", "trajectory.json"]
     assert json.loads((out / "trajectory.json").read_text())["draft"] == "v2"
+
+
+async def test_a_trajectory_loads_back_into_the_same_state(cfg, tmp_path):
+    draft = (
+        "Intro <imgen>{'source': 'search', 'description': 'a', 'params': {'query': 'x'}}</imgen> mid "
+        "<imgen>{'source': 'diffusion', 'description': 'b', 'params': {'prompt': 'y'}}</imgen> "
+        "<imgen>{'source': 'bogus'}</imgen> end"
+    )
+    toolbox = Toolbox(backends={"search": FakeBackend(), "diffusion": FakeBackend(error="down")})
+    graph = build_graph(policy=ChatModelPolicy(FakeListChatModel(responses=[draft])), toolbox=toolbox)
+    state = State.model_validate(await graph.ainvoke({"prompt": "p", "image_num": 2}, context=cfg))
+    paths = write_report(state, tmp_path / "out", image_store(cfg), cfg)
+    from llmi_graph.report import load_state
+
+    loaded = load_state(paths.out_dir)
+    assert loaded.draft == state.draft and loaded.image_num == 2 and loaded.segments == state.segments
+    assert [c.error for c in loaded.calls] == [c.error for c in state.calls]
+    assert [(f.kind, getattr(f, "status", None), getattr(f, "error", None)) for f in loaded.document] == [
+        (f.kind, getattr(f, "status", None), getattr(f, "error", None)) for f in state.document
+    ]
+    ok = next(f for f in loaded.document if getattr(f, "status", None) == "ok")
+    assert open(ok.image.path, "rb").read()[:4] == b"\x89PNG" and ok.image.path.startswith(str(paths.out_dir))
