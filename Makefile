@@ -18,7 +18,7 @@ PORT ?= 8000
 SERVED_MODEL_NAME ?= smollm2
 CJK_FONT := /usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf
 
-.PHONY: setup run test test-fast lint system-deps vllm-venv serve-policy clean
+.PHONY: setup run test test-fast lint system-deps vllm-venv serve-policy train-demo clean
 
 setup: $(STAMP)
 
@@ -62,6 +62,11 @@ serve-policy: $(STAMP) $(VLLM_STAMP)
 
 run: $(STAMP)
 	$(BIN)/llmi run "$(PROMPT)" $(if $(OUT),--out "$(OUT)")
+
+# GRPO on SmolLM2-135M with LoRA for at most 30 minutes on the CPU; prints held-out tag validity before and after.
+DEMO_MINUTES ?= 30
+train-demo: $(STAMP)
+	$(BIN)/python -m rl.demo --minutes $(DEMO_MINUTES) --out rl-out/demo
 
 test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from llmi_graph.tags import SOURCES, parse_tags
+from llmi_graph.tags import SOURCES, ToolCall, parse_tags
 
 TOOL_WEIGHTS: dict[str, float] = {"code": 0.4, "edit": 0.3, "search": 0.2, "diffusion": 0.1}
 """How much each tool counts in `tool_score` (the paper's weights)."""
@@ -72,3 +72,62 @@ def tag_validity(draft: str, num_input_images: int = 0) -> float | None:
 def literal_image_markers(draft: str) -> int:
     """How many literal `<image>` markers the text holds (the original counted them as images)."""
     return draft.count("<image>")
+
+
+def tag_credit(call: ToolCall) -> float:
+    """Partial credit for one tag: 0.1 opened; 0.1 closed with </imgen>; 0.2 the body reads as a dict; 0.2 the
+    source is one of the four and there is a description; 0.4 everything validates (params included). A shaping
+    reward for small policies: a complete, valid tag is worth clearly more than any near miss."""
+    if call.valid:
+        return 1.0
+    error = call.error or ""
+    credit = 0.1
+    if "missing closing </imgen>" not in error:
+        credit += 0.1
+    unreadable = ("empty tag", "not a dict", "not a valid dict literal", "too long", "unreadable")
+    if any(marker in error for marker in unreadable):
+        return credit
+    credit += 0.2
+    if call.source in SOURCES and call.description:
+        credit += 0.2
+    return credit
+
+
+TAG_OPENER = "<imgen>{'source': '"
+
+
+def opener_likeness(draft: str) -> float:
+    """0 to 1: the longest stretch of the tag opener `<imgen>{'source': '` that the draft contains, over its length.
+    A near miss such as `<image>{'source` scores above plain prose, so a policy that never writes a tag still
+    gets a gradient towards one."""
+    best = 0
+    for start in range(len(TAG_OPENER)):
+        for end in range(len(TAG_OPENER), start + best, -1):
+            if TAG_OPENER[start:end] in draft:
+                best = end - start
+                break
+    return best / len(TAG_OPENER)
+
+
+def format_score(draft: str, image_num: int, num_input_images: int = 0) -> float:
+    """How well the draft follows the tag format, 0 to 1 (the documented partial-credit format reward).
+
+    No images wanted (-1): 1 with no tags, else 0. Otherwise, with tags: the mean `tag_credit`, times a count
+    factor (`image_num_score` of the number of tags; for image_num 0, -0.3 per tag beyond three), so repeating
+    tags does not pay; with no tags: 0.1 x `opener_likeness` (below any real tag's credit)."""
+    calls = parse_tags(draft, num_input_images).calls
+    if image_num == -1:
+        return 0.0 if calls else 1.0
+    if not calls:
+        return 0.1 * opener_likeness(draft)
+    count = len(calls)
+    factor = max(0.0, 1.0 - 0.3 * max(0, count - 3)) if image_num == 0 else image_num_score(count, image_num)
+    return factor * sum(tag_credit(c) for c in calls) / count
+
+
+def format_ok(draft: str, image_num: int, num_input_images: int = 0) -> bool:
+    """The held-out "tag validity" of one draft: tags present and all valid (none, when no images are wanted)."""
+    calls = parse_tags(draft, num_input_images).calls
+    if image_num == -1:
+        return not calls
+    return bool(calls) and all(c.valid for c in calls)

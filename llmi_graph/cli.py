@@ -52,6 +52,9 @@ def run(
         str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model name at --policy-url.")] = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="A LoRA adapter for the embedded policy (what rl/train.py saves).")
+    ] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Most tokens the policy may write.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0: greedy).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
@@ -79,13 +82,18 @@ def run(
     try:
         request = _request(prompt, image or [], image_num, tools)
         cfg = Config.from_env(
-            policy_url=policy_url, policy_model=model, max_tokens=max_tokens, temperature=temperature, seed=seed,
-            cache_dir=cache_dir, search_backend=search_backend, search_library_dir=library,
+            policy_url=policy_url, policy_model=model, adapter=adapter, max_tokens=max_tokens,
+            temperature=temperature, seed=seed, cache_dir=cache_dir, search_backend=search_backend,
+            search_library_dir=library,
             diffusion_backend=diffusion_backend, edit_backend=edit_backend, code_backend=code_backend,
             image_server_urls=",".join(image_server) if image_server else None,
             edit_server_urls=",".join(edit_server) if edit_server else None, tool_cache=tool_cache,
         )  # fmt: skip
         toolbox = Toolbox.from_config(cfg)
+        if adapter and policy_url:
+            raise CliError("--adapter is for the embedded policy; at a server, load it there and pass --model NAME")
+        if adapter and not (Path(adapter) / "adapter_config.json").is_file():
+            raise CliError(f"--adapter {adapter}: not a LoRA adapter folder (no adapter_config.json)")
         out_dir, created = _prepare_out(out)
     except (CliError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")

@@ -59,6 +59,9 @@ class Config:
         None,
         "A local transformers model dir for the embedded policy (default SmolLM2).",
     )
+    adapter: str | None = _setting(
+        "adapter", None, "A LoRA adapter folder for the embedded policy (what rl/train.py saves)."
+    )
     max_tokens: int = _setting("max_tokens", 768, "Most tokens the policy may write.")
     temperature: float = _setting("temperature", 0.7, "Sampling temperature (0: greedy).")
     top_p: float = _setting("top_p", 0.95, "Nucleus sampling mass.")

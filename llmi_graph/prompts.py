@@ -1,4 +1,9 @@
-"""The planner's instructions: the LLM-I tag protocol in our own words, listing only usable tools."""
+"""The planner's instructions: the LLM-I tag protocol in our own words, listing only usable tools.
+
+Kept short on purpose: the embedded policy is a 135M-parameter model, and every prompt token costs time in
+sampling and in RL training (about 360 tokens with code and edit and three worked examples). The examples come
+as prior chat turns, which small models follow best, and end right after their tag, which keeps drafts short.
+"""
 
 from __future__ import annotations
 
@@ -8,52 +13,53 @@ from typing import Any
 from llmi_graph.state import ImageRef
 
 _TOOL_LINES = {
-    "search": (
-        "- 'search': a real photograph found on the web, for real people, places, products, animals and events."
-        "\n  params: {'query': 'a short search query'}"
-    ),
-    "diffusion": (
-        "- 'diffusion': a newly generated picture, for creative, imaginary or abstract scenes."
-        "\n  params: {'prompt': 'a detailed visual description'}"
-    ),
-    "code": (
-        "- 'code': a chart or plot drawn by Python code, for data, functions and exact numbers."
-        "\n  params: {'code': 'python code'}. numpy as np, pandas as pd, matplotlib.pyplot as plt and seaborn as"
-        "\n  sns are already imported. Put the data in the code and draw one figure. Never call plt.show() or"
-        "\n  plt.savefig(); the figure is captured for you."
-    ),
-    "edit": (
-        "- 'edit': a changed version of an earlier image, to keep it consistent."
-        "\n  params: {'img_index': N, 'prompt': 'what to change'}. Images are numbered from 0: the user's"
-        "\n  images first, then your tags in order. Point only at a user image or an earlier tag."
-    ),
+    "search": "- 'search': a real photo. params: {'query': '...'}",
+    "diffusion": "- 'diffusion': a new picture of an imagined scene. params: {'prompt': '...'}",
+    "code": "- 'code': a chart (np, pd, plt, sns imported). params: {'code': '...'}",
+    "edit": "- 'edit': a changed image. params: {'img_index': N, 'prompt': '...'}; N counts the user's images, "
+    "then your tags, from 0.",
 }
 
+# Short worked examples (question, answer) per tool. The first carries the paper's unescaped-quote style.
 _EXAMPLES = {
-    "code": (
-        "Explain how a sine wave repeats.",
-        "A sine wave rises and falls smoothly and repeats every 2π.\n"
-        "<imgen>{'source': 'code', 'description': 'A sine wave over two periods', 'params': {'code': "
-        "'x = np.linspace(0, 4 * np.pi, 400)\\nplt.plot(x, np.sin(x))\\n"
-        "plt.axhline(y=0, color='k', linestyle='--')\\nplt.title('y = sin(x)')'}}</imgen>\n"
-        "Each peak reaches 1 and each trough reaches -1.",
-    ),
-    "search": (
-        "What does the Golden Gate Bridge look like?",
-        "The Golden Gate Bridge is a suspension bridge painted a deep orange called International Orange.\n"
-        "<imgen>{'source': 'search', 'description': 'The Golden Gate Bridge seen from the Marin headlands', "
-        "'params': {'query': 'Golden Gate Bridge from Marin headlands'}}</imgen>\n"
-        "Its two towers rise 227 m above the water.",
-    ),
-    "diffusion": (
-        "Describe a city floating in the clouds.",
-        "Imagine towers of white stone resting on clouds, linked by rope bridges.\n"
-        "<imgen>{'source': 'diffusion', 'description': 'A white stone city on clouds at sunrise', "
-        "'params': {'prompt': 'a city of white stone towers floating on clouds at sunrise, rope bridges, "
-        "soft golden light'}}</imgen>\n"
-        "At dawn the light turns the stone gold.",
-    ),
+    "code": [
+        (
+            "How did the temperature in Paris change this week?",
+            "Paris warmed up all week.\n"
+            "<imgen>{'source': 'code', 'description': 'Daily highs in Paris', 'params': {'code': "
+            "'plt.plot(['Mon', 'Wed', 'Fri'], [14, 17, 21])'}}</imgen>",
+        ),
+        (
+            "Explain a sine wave.",
+            "A sine wave repeats every 2π.\n"
+            "<imgen>{'source': 'code', 'description': 'y = sin(x)', 'params': {'code': "
+            "'x = np.linspace(0, 13)\\nplt.plot(x, np.sin(x))'}}</imgen>",
+        ),
+        (
+            "How fast do trees lose their leaves?",
+            "Most leaves fall within eight weeks.\n"
+            "<imgen>{'source': 'code', 'description': 'Leaves fallen by week', 'params': {'code': "
+            "'plt.bar(range(5), [0, 20, 50, 85, 100])'}}</imgen>",
+        ),
+    ],
+    "search": [
+        (
+            "What does the Golden Gate Bridge look like?",
+            "The Golden Gate Bridge is painted a deep orange.\n"
+            "<imgen>{'source': 'search', 'description': 'The Golden Gate Bridge', 'params': {'query': "
+            "'Golden Gate Bridge'}}</imgen>",
+        )
+    ],
+    "diffusion": [
+        (
+            "Describe a city in the clouds.",
+            "White towers rest on the clouds.\n"
+            "<imgen>{'source': 'diffusion', 'description': 'A white city on clouds', 'params': {'prompt': "
+            "'a city of white towers floating on clouds at sunrise'}}</imgen>",
+        )
+    ],
 }
+MAX_EXAMPLES = 3
 
 
 def count_rule(image_num: int) -> str:
@@ -61,7 +67,7 @@ def count_rule(image_num: int) -> str:
     if image_num == -1:
         return "This request needs no images: write text only, with no tags."
     if image_num == 0:
-        return "Use as many images as the content needs, usually one to four."
+        return "Use one to three images."
     if image_num == 99:
         return "Include at least one image."
     return f"Include exactly {image_num} image{'s' if image_num != 1 else ''}."
@@ -70,42 +76,39 @@ def count_rule(image_num: int) -> str:
 def build_system_prompt(tools: Sequence[str], image_num: int = 0) -> str:
     """The planner's system prompt, listing only `tools` (the ones with a backend that the request allows)."""
     if not tools or image_num == -1:
-        return (
-            "You are llmi, a writer. Answer the user's request with a complete, well-organised Markdown "
-            "document. Write text only, with no image tags."
-        )
-    lines = [
-        "You are llmi, a writer who makes documents in which text and images alternate.",
-        "Answer the user's request with a complete, well-organised Markdown document. Where a picture helps",
-        "the reader, put an image tag on its own line at that point in the text:",
-        "",
-        "<imgen>{'source': SOURCE, 'description': 'what the image shows', 'params': PARAMS}</imgen>",
-        "",
-        "The image tools you can use:",
-        *(_TOOL_LINES[t] for t in tools),
-        "",
-        "Rules:",
-        "- Write each tag exactly as shown: a dict with the keys 'source', 'description' and 'params'.",
-        "- Let the text lead into each image; do not announce it (no 'Here is an image:').",
-        "- Every image must be specific and relevant to the text around it.",
-        f"- {count_rule(image_num)}",
-    ]
-    return "\n".join(lines)
+        return "You write clear, well-organised Markdown answers. Write text only, with no image tags."
+    return "\n".join(
+        [
+            "You write text with images. Each image is one tag on its own line:",
+            "<imgen>{'source': SOURCE, 'description': 'what it shows', 'params': PARAMS}</imgen>",
+            *(_TOOL_LINES[t] for t in tools),
+            count_rule(image_num),
+        ]
+    )
 
 
 def example_turns(tools: Sequence[str], image_num: int = 0) -> list[dict[str, str]]:
-    """One worked example as a prior user/assistant exchange (small models follow these best)."""
-    example = next((t for t in ("code", "search", "diffusion") if t in tools), None)
-    if example is None or image_num == -1:
+    """Up to MAX_EXAMPLES worked examples as prior user/assistant exchanges, covering the usable tools first."""
+    if image_num == -1:
         return []
-    question, answer = _EXAMPLES[example]
-    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    pools = [list(_EXAMPLES[t]) for t in ("code", "search", "diffusion") if t in tools]
+    chosen: list[tuple[str, str]] = []
+    while pools and len(chosen) < MAX_EXAMPLES:
+        for pool in list(pools):
+            if pool and len(chosen) < MAX_EXAMPLES:
+                chosen.append(pool.pop(0))
+            if not pool:
+                pools.remove(pool)
+    turns: list[dict[str, str]] = []
+    for question, answer in chosen:
+        turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return turns
 
 
 def build_messages(
     user_content: str | list[dict[str, Any]], tools: Sequence[str], image_num: int = 0
 ) -> list[dict[str, Any]]:
-    """The planner's chat: system prompt, one worked example, then the user's request."""
+    """The planner's chat: system prompt, worked examples, then the user's request."""
     return [
         {"role": "system", "content": build_system_prompt(tools, image_num)},
         *example_turns(tools, image_num),

@@ -131,9 +131,6 @@ class PolicyServer:
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.cpu_kv_cache_gb))
         return env
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
     def start(self) -> PolicyServer:
         """Start vLLM and wait until it is healthy (CPU start-up takes a minute or two)."""
         self._process.start()
@@ -156,14 +153,38 @@ class PolicyServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def client(self) -> PolicyServerClient:
+        return PolicyServerClient(self.url, api_key=self.api_key)
+
     def models(self) -> list[str]:
         """Names the server answers to: the base model and any loaded adapters."""
+        return self.client().models()
+
+    def load_lora_adapter(self, name: str, path: str | os.PathLike[str], *, replace: bool = True) -> None:
+        """Load (or, with `replace`, swap in) a LoRA adapter; requests then use `model=name`."""
+        self.client().load_lora_adapter(name, path, replace=replace)
+
+    def unload_lora_adapter(self, name: str) -> None:
+        self.client().unload_lora_adapter(name)
+
+
+class PolicyServerClient:
+    """Operations on a running vLLM server: list models, load and unload LoRA adapters at runtime."""
+
+    def __init__(self, url: str, api_key: str | None = None):
+        self.url = url.rstrip("/")  # the OpenAI base URL, ending in /v1
+        self.base_url = self.url.removesuffix("/v1")
+        self.api_key = api_key
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def models(self) -> list[str]:
         response = httpx.get(f"{self.url}/models", headers=self._headers(), timeout=30)
         response.raise_for_status()
         return [m["id"] for m in response.json()["data"]]
 
     def load_lora_adapter(self, name: str, path: str | os.PathLike[str], *, replace: bool = True) -> None:
-        """Load (or, with `replace`, swap in) a LoRA adapter; requests then use `model=name`."""
         if replace and name in self.models():
             self.unload_lora_adapter(name)
         self._post("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(path).resolve())})

@@ -114,6 +114,14 @@ def test_unwritable_out(tmp_path, env):
     assert blocker.read_text() == "x"
 
 
+def test_bad_adapter(tmp_path, env):
+    result = llmi("run", "p", "--adapter", str(tmp_path), "--out", str(tmp_path / "o"), env=env)
+    assert result.returncode == 2 and "not a LoRA adapter folder (no adapter_config.json)" in result.stderr
+    result = llmi("run", "p", "--adapter", str(tmp_path), "--policy-url", "http://127.0.0.1:9/v1", env=env)
+    assert result.returncode == 2 and "--adapter is for the embedded policy" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_tools_and_image_num(tmp_path, env):
     result = llmi("run", "p", "--tools", "code,painting", "--out", str(tmp_path / "o"), env=env)
     assert result.returncode == 2 and "unknown tool(s) painting" in result.stderr

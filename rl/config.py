@@ -1,0 +1,86 @@
+"""The training config: one dataclass, a help line per field; `rl/train.py` takes it as its command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rl.data import HELDOUT_FILE, TRAIN_FILE
+
+
+@dataclass
+class TrainConfig:
+    """GRPO on llmi graph rollouts. Defaults: the paper's settings on the embedded SmolLM2 with LoRA."""
+
+    # Model and data.
+    model: str | None = field(
+        default=None, metadata={"help": "Model folder or hub id (default: the embedded SmolLM2)."}
+    )
+    dataset: str = field(default=str(TRAIN_FILE), metadata={"help": "Training rows, JSONL or parquet (LLM-I format)."})
+    eval_dataset: str = field(default=str(HELDOUT_FILE), metadata={"help": "Held-out rows for evaluation."})
+    output_dir: str = field(default="rl-out/run", metadata={"help": "Checkpoints, logs and the final adapter."})
+    replay: str | None = field(
+        default=None, metadata={"help": "Train on recorded rollouts (JSONL from `python -m rl.collect`), no sampling."}
+    )
+
+    # LoRA.
+    lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (peft) instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (vLLM serves ranks up to --max-lora-rank)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_target_modules: str = field(
+        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", metadata={"help": "Modules LoRA wraps."}
+    )
+
+    # GRPO.
+    num_generations: int = field(default=8, metadata={"help": "Rollouts per prompt (G; the paper: 8)."})
+    prompts_per_step: int = field(default=32, metadata={"help": "Prompts per optimizer step (the paper: 32)."})
+    micro_batch_size: int = field(
+        default=4, metadata={"help": "Completions per forward/backward pass; a step accumulates over all of them."}
+    )
+    learning_rate: float = field(default=1e-6, metadata={"help": "Peak learning rate (the paper: 1e-6)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule (the paper: cosine)."})
+    warmup_steps: float = field(default=0.0, metadata={"help": "Warm-up steps (below 1: a share of all steps)."})
+    loss_type: Literal["grpo", "gspo", "dapo", "dr_grpo", "bnpo"] = field(
+        default="grpo", metadata={"help": "grpo, or gspo (sequence-level importance sampling, for MoE), dapo, ..."}
+    )
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient (the paper: 0, no reference model)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for rollouts."})
+    max_completion_length: int = field(default=512, metadata={"help": "Most tokens a rollout may write."})
+    max_steps: int = field(default=200, metadata={"help": "Optimizer steps."})
+    time_budget_minutes: float | None = field(
+        default=None, metadata={"help": "Stop (and save) after this much training time."}
+    )
+    seed: int = field(default=0, metadata={"help": "Random seed."})
+
+    # Rewards.
+    judge_url: str | None = field(default=None, metadata={"help": "LLM judge endpoint (OpenAI-compatible)."})
+    judge_model: str = field(default="default", metadata={"help": "LLM judge model name."})
+    mllm_url: str | None = field(default=None, metadata={"help": "Multimodal judge endpoint."})
+    mllm_model: str = field(default="default", metadata={"help": "Multimodal judge model name."})
+    missing: Literal["renormalize", "unscored"] = field(
+        default="renormalize", metadata={"help": "A missing judge score: renormalize the weights, or skip the sample."}
+    )
+    format_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the partial-credit format reward (shaping for small policies)."}
+    )
+    tool_weight: float = field(default=0.0, metadata={"help": "Weight of tool_score inside R (0: off, the paper)."})
+    close_hacks: bool = field(default=False, metadata={"help": "Turn on the hybrid reward's anti-hack options."})
+
+    # Rollouts.
+    policy: Literal["trainer", "server"] = field(
+        default="trainer", metadata={"help": "Sample with the trainer's model in-process, or a vLLM policy server."}
+    )
+    policy_url: str | None = field(
+        default=None, metadata={"help": "An already running vLLM server (else `--policy server` starts one)."}
+    )
+    served_model_name: str = field(default="policy-base", metadata={"help": "The base model's name at the server."})
+    sync_every: int = field(default=1, metadata={"help": "Push the adapter to the server every k steps."})
+    tool_cache: bool = field(default=True, metadata={"help": "Identical tool calls across a group execute once."})
+
+    # Operations.
+    save_steps: int = field(default=10, metadata={"help": "Checkpoint every N steps (resume picks up the last)."})
+    resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint in output_dir if any."})
+    logging_steps: int = field(default=1, metadata={"help": "Log every N steps (console, log.jsonl, tensorboard)."})
+    report_to: str = field(
+        default="auto", metadata={"help": "auto (tensorboard/wandb when installed), none, or a list like tensorboard."}
+    )

@@ -1,0 +1,153 @@
+"""Rollouts through the llmi graph, as a TRL `rollout_func`.
+
+TRL hands the function the prompts of a step, each already repeated `num_generations` times. For each entry, in
+order, the graph runs once (planner, parse, tools, assemble), all entries concurrently; the policy's sampled ids
+and logprobs come back from the planner (never re-tokenised text), and the executed trajectory rides along for
+the rewards. Identical tool calls across the group go through the tool cache.
+
+The policy is either the trainer's own model in-process (requests batched together), or a vLLM policy server
+whose LoRA adapter is hot-swapped as training goes (`AdapterSync`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from llmi_graph import Config, Toolbox, build_graph
+from llmi_graph.policy import ModelPolicy, OpenAIPolicy, Policy
+from llmi_graph.state import State
+from rl.data import RowIndex
+
+
+class RolloutTimes:
+    """Where rollout time went, for logging and bench/rl.py."""
+
+    def __init__(self) -> None:
+        self.generation_s = self.tools_s = self.total_s = 0.0
+        self.rollouts = 0
+
+    def add(self, states: list[State], wall_s: float) -> None:
+        self.total_s += wall_s
+        self.rollouts += len(states)
+        # concurrent runs: charge the step the slowest run's planner and tool phases
+        self.generation_s += max((s.timings.get("planner_s", 0.0) for s in states), default=0.0)
+        self.tools_s += max((s.timings.get("tools_s", 0.0) for s in states), default=0.0)
+
+
+def trainer_policy(trainer: Any) -> Policy:
+    """The trainer's own (peft-wrapped) model, sampling in-process."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return ModelPolicy(model, trainer.processing_class, name="trainer", max_batch=64)
+
+
+class GraphRollout:
+    """A TRL rollout function that runs the llmi graph once per (repeated) prompt."""
+
+    def __init__(
+        self,
+        rows: RowIndex,
+        cfg: Config,
+        policy_factory: Callable[[Any], Policy] = trainer_policy,
+        toolbox: Toolbox | None = None,
+        max_concurrency: int = 64,
+    ):
+        self.rows, self.cfg, self.policy_factory = rows, cfg, policy_factory
+        self.toolbox, self.max_concurrency = toolbox, max_concurrency
+        self.times = RolloutTimes()
+
+    def run_states(self, prompts: list[Any], policy: Policy) -> list[State]:
+        """Run the graph for each prompt (in order) and return the final states."""
+        graph = build_graph(policy=policy, toolbox=self.toolbox)
+
+        async def run_all() -> list[State]:
+            gate = asyncio.Semaphore(self.max_concurrency)
+
+            async def one(prompt: Any) -> State:
+                async with gate:
+                    return State.model_validate(await graph.ainvoke(self.rows[prompt].request(), context=self.cfg))
+
+            return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+        started = time.perf_counter()
+        states = asyncio.run(run_all())
+        self.times.add(states, time.perf_counter() - started)
+        return states
+
+    def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
+        states = self.run_states(prompts, self.policy_factory(trainer))
+        return rollout_output(states)
+
+
+def rollout_output(states: list[State]) -> dict[str, list[Any]]:
+    """TRL's rollout contract: ids and logprobs as sampled, plus the trajectories for the reward functions."""
+    out: dict[str, list[Any]] = {
+        "prompt_ids": [],
+        "completion_ids": [],
+        "logprobs": [],
+        "llmi_state": [],
+        "rollout_id": [],
+    }
+    for state in states:
+        policy = state.policy
+        if policy is None or policy.prompt_token_ids is None or policy.completion_token_ids is None:
+            raise RuntimeError(
+                "the policy returned no token ids: RL needs a backend that reports them (the in-process model, "
+                "or vLLM with return_token_ids)"
+            )
+        if policy.logprobs is None or len(policy.logprobs) != len(policy.completion_token_ids):
+            raise RuntimeError("the policy returned no logprobs (or not one per sampled token)")
+        out["prompt_ids"].append(policy.prompt_token_ids)
+        out["completion_ids"].append(policy.completion_token_ids)
+        out["logprobs"].append(policy.logprobs)
+        out["llmi_state"].append(state.model_dump(mode="json"))
+        out["rollout_id"].append(uuid.uuid4().hex)
+    return out
+
+
+class AdapterSync(TrainerCallback):
+    """Save the LoRA adapter every `every` optimizer steps and hot-load it into the vLLM policy server by name;
+    rollouts then sample from it. The previous adapter is unloaded, so the server holds one. With several
+    training processes, the main one pushes and the others wait at a barrier; all derive the name from the step."""
+
+    def __init__(self, server: Any, base_name: str, directory: Path, every: int = 1):
+        self.server, self.base_name, self.directory, self.every = server, base_name, directory, max(1, every)
+
+    def name_for(self, step: int) -> str:
+        """The adapter rollouts should request at `step` (the base model before the first push)."""
+        synced = (step // self.every) * self.every
+        return f"policy-step-{synced}" if synced > 0 else self.base_name
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if state.global_step % self.every:
+            return
+        if state.is_world_process_zero:
+            name = self.name_for(state.global_step)
+            path = self.directory / name
+            getattr(model, "module", model).save_pretrained(path)
+            self.server.load_lora_adapter(name, path)
+            previous = self.name_for(state.global_step - self.every)
+            if previous != self.base_name:
+                self.server.unload_lora_adapter(previous)
+                shutil.rmtree(self.directory / previous, ignore_errors=True)
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
+
+def server_policy(server_url: str, sync: AdapterSync | None, base_name: str, api_key: str | None = None) -> Callable:
+    """A policy factory for rollouts sampled by a vLLM server (the current adapter, or the base model)."""
+
+    def factory(trainer: Any) -> Policy:
+        name = sync.name_for(trainer.state.global_step) if sync and trainer is not None else base_name
+        return OpenAIPolicy(server_url, name, api_key=api_key)
+
+    return factory
