@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import statistics
 import sys
@@ -28,23 +29,15 @@ from llmi_graph.policy import OpenAIPolicy
 from llmi_graph.prompts import build_messages
 from rl.config import TrainConfig
 from rl.data import TRAIN_FILE, RowIndex, load_rows
+from rl.demo import demo_config
 from rl.rollout import GraphRollout
 from rl.train import model_path, train
 
 
 def bench_steps(steps: int, tmp: Path) -> None:
-    cfg = TrainConfig(
-        output_dir=str(tmp / "train"),
-        num_generations=8,
-        prompts_per_step=1,
-        micro_batch_size=4,
-        max_completion_length=96,
-        temperature=0.8,
-        learning_rate=5e-4,
-        format_weight=1.0,
-        max_steps=steps,
-        save_steps=1000,
-        report_to="none",
+    # the CPU demo's settings (rl/demo.py), for a fixed number of steps
+    cfg = dataclasses.replace(
+        demo_config(tmp, minutes=0), max_steps=steps, time_budget_minutes=None, save_steps=1000, report_to="none"
     )
     train(cfg)
     log = [json.loads(line) for line in open(tmp / "train" / "log.jsonl")]
@@ -55,7 +48,7 @@ def bench_steps(steps: int, tmp: Path) -> None:
     generation, tools, judges = last["time/generation_s"], last["time/tools_s"], last["time/judges_s"]
     rollout = last["time/rollout_s"]
     optimizer = step_time - rollout - judges
-    print(f"GRPO step on CPU ({steps} steps, G=8 x 1 prompt, <=96 tokens, SmolLM2-135M + LoRA r16):")
+    print(f"GRPO step on CPU ({steps} steps, the demo settings: G=8 x 1 prompt, <=96 tokens, SmolLM2-135M + LoRA):")
     print(f"  step                  {step_time:7.2f} s")
     print(f"    generation          {generation:7.2f} s  ({generation / step_time:.0%})")
     print(f"    tools               {tools:7.2f} s  ({tools / step_time:.0%})")
