@@ -22,7 +22,7 @@ from rich.progress import Progress
 
 from judges.rule import format_score
 from llmi_graph import Config, State, build_graph
-from llmi_graph.policy import OpenAIPolicy, Policy, policy_for
+from llmi_graph.policy import Policy, policy_for
 from rl.data import TRAIN_FILE, Row, load_rows
 from rl.rewards import RewardSuite
 from rl.train import reward_suite
@@ -100,7 +100,7 @@ async def collect(args: argparse.Namespace) -> int:
         policy_url=args.policy_url,
         policy_model=args.model or "default",
     )
-    policy: Policy = OpenAIPolicy(args.policy_url, args.model) if args.policy_url else policy_for(cfg)
+    policy: Policy = policy_for(cfg)
     suite = reward_suite(args.train_config)
     todo = [(row, group_id(row, args.group, args.round)) for row in rows]
     todo = [(row, gid) for row, gid in todo if gid not in done]

@@ -10,27 +10,16 @@ Greedy decoding, so the numbers are repeatable.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 from pathlib import Path
 from typing import Any
 
 from judges.rule import format_ok, format_score, image_num_score
-from llmi_graph import Config, State, build_graph
-from llmi_graph.policy import Policy, policy_for
-from rl.data import HELDOUT_FILE, Row, load_rows
-
-
-async def run_rows(rows: list[Row], policy: Policy, cfg: Config, concurrency: int = 64) -> list[State]:
-    graph = build_graph(policy=policy)
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(row: Row) -> State:
-        async with gate:
-            return State.model_validate(await graph.ainvoke(row.request(), context=cfg))
-
-    return list(await asyncio.gather(*(one(r) for r in rows)))
+from llmi_graph import Config, State
+from llmi_graph.policy import policy_for
+from rl.data import HELDOUT_FILE, Row, RowIndex, load_rows
+from rl.rollout import GraphRollout
 
 
 def metrics(rows: list[Row], states: list[State]) -> dict[str, Any]:
@@ -67,7 +56,7 @@ def evaluate(
         tool_cache=False,
     )
     policy = policy_for(cfg)
-    states = asyncio.run(run_rows(rows, policy, cfg))
+    states = GraphRollout(RowIndex(rows), cfg, lambda trainer: policy).run_states([r.prompt for r in rows], policy)
     return metrics(rows, states), states
 
 
