@@ -252,3 +252,148 @@ def test_never_crashes_on_arbitrary_text(text):
     draft = parse_tags(text)
     for call in draft.calls:
         assert call.valid or call.error
+
+
+# --- odd values: each one an invalid call with a reason, never an exception ------------------------------------
+
+
+def edit_tag(img_index: str, quote: str = "'") -> str:
+    q = quote
+    return (
+        f"<imgen>{{{q}source{q}: {q}edit{q}, {q}description{q}: {q}d{q}, "
+        f"{q}params{q}: {{{q}img_index{q}: {img_index}, {q}prompt{q}: {q}x{q}}}}}</imgen>"
+    )
+
+
+def ambiguous_code_tag(extra: str) -> str:
+    """A code tag with unescaped quotes in its code (so the tolerant reader reads it) and `extra` params items."""
+    return f"<imgen>{{'source': 'code', 'description': 'd', 'params': {{'code': 'a='b'', {extra}}}}}</imgen>"
+
+
+@pytest.mark.parametrize("quote", ["'", '"'])
+def test_number_with_a_leading_zero_says_what_to_write(quote):
+    call = only_call(edit_tag("01", quote))
+    assert "img_index 01: a number with a leading zero is not valid; write 1" in call.error
+    assert "not a valid dict literal" in call.error  # the format reward counts it as an unreadable body
+
+
+def test_leading_zero_inside_an_ambiguous_body_and_a_list():
+    call = only_call(ambiguous_code_tag("'x': [1, 007]"))
+    assert "007: a number with a leading zero is not valid; write 7" in call.error
+
+
+def test_all_zeros_is_a_valid_number_as_in_python():
+    draft = parse_tags(edit_tag("00"), num_input_images=1)
+    assert draft.calls[0].error is None and draft.calls[0].params["img_index"] == 0
+
+
+@pytest.mark.parametrize("ambiguous", [False, True])
+def test_a_number_past_pythons_digit_limit_is_invalid(ambiguous):
+    huge = "'x': " + "9" * 5000
+    call = only_call(ambiguous_code_tag(huge) if ambiguous else f"<imgen>{{'source': 'code', {huge}}}</imgen>")
+    assert "x 999999999999...: a number with 5000 digits is too long" in call.error
+    call.model_dump_json()
+
+
+def test_a_huge_hex_number_is_reported_without_printing_it():
+    call = only_call(edit_tag("0x" + "f" * 5000))  # hex ints have no digit limit; printing one in decimal would fail
+    assert "img_index <a number of about 6021 digits> is out of range" in call.error
+    assert call.params["img_index"] == "<a number of about 6021 digits>"  # plain data: a JSON writer can take it
+    call.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "[" * 100 + "]" * 100,  # JSON and Python both read it
+        "(" * 150 + "1," + ")" * 150,
+        "{'k': " * 40 + "1" + "}" * 40,
+    ],
+)
+def test_deep_nesting_is_invalid_with_a_reason(value):
+    call = only_call(f"<imgen>{{'source': 'search', 'description': 'd', 'params': {{'query': {value}}}}}</imgen>")
+    assert call.error is not None
+    assert "nesting deeper than 32 levels" in call.error or "must be a string" in call.error  # (...) is one tuple
+    call.model_dump_json()
+
+
+def test_deep_nesting_in_an_ambiguous_body_does_not_exhaust_the_stack():
+    call = only_call(ambiguous_code_tag("'x': " + "[" * 5000 + "]" * 5000))
+    assert "nesting deeper than 32 levels" in call.error
+
+
+@pytest.mark.parametrize(
+    "items", ["[" + "1, " * 2000 + "1]", "{" + ", ".join(f"'k{i}': 1" for i in range(2000)) + "}"], ids=["list", "dict"]
+)
+def test_many_items_in_an_ambiguous_body_do_not_exhaust_the_stack(items):
+    call = only_call(ambiguous_code_tag(f"'x': {items}"))
+    assert "not a valid dict literal" in call.error
+
+
+@pytest.mark.filterwarnings("ignore:invalid escape sequence")  # ast.literal_eval's, on the way to the tolerant reader
+def test_odd_escapes_in_an_ambiguous_body():
+    code = r"a='b' \U99999999 \N{DEGREE SIGN} \N{NOT A NAME} \012 \q"
+    call = only_call(f"<imgen>{{'source': 'code', 'description': 'd', 'params': {{'code': '{code}'}}}}</imgen>")
+    assert call.error is None, call.error
+    # As in Python: known escapes decode; an impossible or unknown one keeps its backslash.
+    assert call.params["code"] == "a='b' \\U99999999 ° \\N{NOT A NAME} \n \\q"
+
+
+def test_non_string_params_keys_and_odd_literals_become_plain_data():
+    call = only_call(
+        "<imgen>{'source': 'search', 'description': 'd', "
+        "'params': {'query': b'\\xff', 1: 'q', (1, 2): {1, 2}, 'z': 1j, 'e': ...}}</imgen>"
+    )
+    assert "unexpected key(s) '(1, 2)', '1', 'e', 'z'" in call.error
+    assert "params.query must be a string, got bytes" in call.error
+    assert call.params == {"query": "b'\\xff'", "1": "q", "(1, 2)": "{1, 2}", "z": "1j", "e": "Ellipsis"}
+    json.loads(call.model_dump_json())
+
+
+def test_a_lone_surrogate_is_invalid_and_a_pair_is_joined():
+    lone = only_call('<imgen>{"source": "search", "description": "d", "params": {"query": "a\\ud800"}}</imgen>')
+    assert "params.query holds a lone surrogate \\ud800, which is not a character" in lone.error
+    lone.model_dump_json()  # the stored value has U+FFFD in its place
+    # Python-style escapes of an emoji give two surrogates; they are one character.
+    pair = only_call("<imgen>{'source': 'search', 'description': 'd', 'params': {'query': '\\ud83d\\ude00'}}</imgen>")
+    assert pair.error is None and pair.params == {"query": "😀"}
+
+
+@pytest.mark.timeout(20)
+def test_a_fence_with_long_whitespace_is_read_in_linear_time():
+    # The old fence regex backtracked cubically here: minutes for 2,000 spaces.
+    call = only_call("<imgen>```" + " " * 50_000 + "x</imgen>")
+    assert "not a dict" in call.error
+
+
+@pytest.mark.timeout(60)
+def test_many_tags_and_many_unclosed_tags_are_parsed_in_linear_time():
+    tag = "<imgen>{'source': 'search', 'description': 'd', 'params': {'query': 'q'}}</imgen>\n"
+    assert len(parse_tags(tag * 3000).calls) == 3000
+    assert len(parse_tags("<imgen>{" * 5000).calls) == 5000
+
+
+def test_backticks_between_tags_belong_to_one_tag_only():
+    tag = "<imgen>{'source': 'search', 'description': 'd', 'params': {'query': 'q'}}</imgen>"
+    text = f"`{tag}`{tag}`"
+    draft = parse_tags(text)
+    first, second = draft.calls
+    assert (first.start, first.end) == (0, len(tag) + 2)
+    assert (second.start, second.raw) == (first.end, tag)  # the backtick between them went to the first
+    assert draft.segments[-1] == TextSegment(text="`")
+    rebuilt = "".join(s.text if isinstance(s, TextSegment) else draft.calls[s.index].raw for s in draft.segments)
+    assert rebuilt == text
+
+
+def test_a_parser_bug_costs_one_tag_and_is_logged(monkeypatch, caplog):
+    import llmi_graph.tags as tags
+
+    def broken(body):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(tags, "_read_body", broken)
+    good_text = "Before <imgen>{'source': 'search', 'description': 'd', 'params': {'query': 'q'}}</imgen> after"
+    draft = parse_tags(good_text)
+    assert draft.calls[0].error == "unreadable tag (internal parser error: ZeroDivisionError)"
+    assert [s.kind for s in draft.segments] == ["text", "image", "text"]
+    assert "tag parser failed (ZeroDivisionError)" in caplog.text
