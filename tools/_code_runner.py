@@ -1,26 +1,30 @@
-"""Runs inside the code sandbox (trusted): drop privileges, pre-import, run the model's code, save the figure.
+"""Runs inside the code sandbox (trusted): drop privileges, pre-import, run the model's code, hand back the figure.
 
-Usage: python _code_runner.py WORKDIR. Reads WORKDIR/code.py, writes WORKDIR/figure.png and
-WORKDIR/result.json. Standard output and error go to files the parent reads (so print() is harmless).
+Usage: python _code_runner.py CODE_FD RESULT_FD FIGURE_FD
+       python _code_runner.py --refresh-font-cache
+
+The parent opens every file this process touches for it and passes them in as descriptors: it reads the code from
+CODE_FD and writes the result (JSON) to RESULT_FD and the PNG to FIGURE_FD, so the parent reads nothing back by a
+path the code could swap. Standard output and error are descriptors too (so print() is harmless). The model's code
+runs in this process and can write to all of them: the parent treats what comes back as untrusted bytes.
 """
 
 import glob
+import io
 import json
 import os
 import shutil
 import sys
 import traceback
 
-NOBODY = 65534
-
 
 def drop_privileges() -> None:
-    if (
-        os.getuid() == 0 and os.environ.get("LLMI_DROP_PRIVILEGES") == "1"
-    ):  # root is exempt from RLIMIT_NPROC; an ordinary uid is not
+    """Become the run's own uid (set by the parent when it runs us as root): root ignores RLIMIT_NPROC."""
+    uid = os.environ.get("LLMI_SANDBOX_UID")
+    if uid and os.getuid() == 0:
         os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+        os.setgid(int(uid))
+        os.setuid(int(uid))
 
 
 def prime_font_cache() -> None:
@@ -49,10 +53,17 @@ def figure_texts(fig) -> list:
     return [t for t in texts if t]
 
 
-def main(workdir: str, refresh_cache: bool) -> None:
-    result = {"ok": False, "error": None, "figure": None, "texts": []}
-    if not refresh_cache:
-        drop_privileges()
+def hand_back(fd: int, data: bytes) -> None:
+    """Replace the contents of a descriptor the parent passed in (the code may have written to it)."""
+    os.ftruncate(fd, 0)
+    view = memoryview(data)
+    offset = 0
+    while offset < len(view):
+        offset += os.pwrite(fd, view[offset:], offset)
+
+
+def import_plotting() -> tuple:
+    """matplotlib (Agg, with a CJK fallback font when one is installed), numpy, pandas and seaborn."""
     prime_font_cache()
     import logging
 
@@ -64,27 +75,37 @@ def main(workdir: str, refresh_cache: bool) -> None:
     import numpy as np
     import pandas as pd
     import seaborn as sns
-
-    # Fall back to a CJK font for glyphs DejaVu lacks, when one is installed.
     from matplotlib import font_manager
 
     installed = {f.name for f in font_manager.fontManager.ttflist}
     fallbacks = ["Droid Sans Fallback", "Noto Sans CJK SC", "WenQuanYi Zen Hei", "Arial Unicode MS"]
     plt.rcParams["font.family"] = ["DejaVu Sans", *(f for f in fallbacks if f in installed)]
     plt.rcParams["axes.unicode_minus"] = False
-    if refresh_cache:
-        cache = os.environ["LLMI_MPL_CACHE"]
-        for path in glob.glob(os.path.join(os.environ["MPLCONFIGDIR"], "fontlist-*.json")):
-            shutil.copy(path, cache)
-        return
+    return matplotlib, plt, np, pd, sns
+
+
+def refresh_font_cache() -> None:
+    """Build matplotlib's font list (trusted: no model code runs) and copy it into the shared cache."""
+    import_plotting()
+    for path in glob.glob(os.path.join(os.environ["MPLCONFIGDIR"], "fontlist-*.json")):
+        shutil.copy(path, os.environ["LLMI_MPL_CACHE"])
+
+
+def run_model_code(code_fd: int, result_fd: int, figure_fd: int) -> None:
+    drop_privileges()
+    with os.fdopen(code_fd, encoding="utf-8") as fh:
+        source = fh.read()
+    # Programs the code starts do not inherit the channel back.
+    os.set_inheritable(result_fd, False)
+    os.set_inheritable(figure_fd, False)
+    matplotlib, plt, np, pd, sns = import_plotting()
 
     # show/savefig/close become no-ops, so every figure the code drew is still open afterwards.
     plt.show = lambda *a, **k: None
     plt.savefig = lambda *a, **k: None
     plt.close = lambda *a, **k: None
 
-    with open(os.path.join(workdir, "code.py"), encoding="utf-8") as fh:
-        source = fh.read()
+    result = {"ok": False, "error": None, "texts": []}
     namespace = {"__name__": "__main__", "np": np, "pd": pd, "plt": plt, "sns": sns, "matplotlib": matplotlib}
     try:
         exec(compile(source, "<model code>", "exec"), namespace)
@@ -103,12 +124,15 @@ def main(workdir: str, refresh_cache: bool) -> None:
         if chosen is None:
             result["error"] = "the code drew no figure (use matplotlib: plt.plot, plt.bar, sns.lineplot, ...)"
         else:
-            path = os.path.join(workdir, "figure.png")
-            chosen.savefig(path, format="png", dpi=100, bbox_inches="tight")
-            result.update(ok=True, figure="figure.png", texts=figure_texts(chosen))
-    with open(os.path.join(workdir, "result.json"), "w", encoding="utf-8") as fh:
-        json.dump(result, fh, ensure_ascii=False)
+            png = io.BytesIO()
+            chosen.savefig(png, format="png", dpi=100, bbox_inches="tight")
+            hand_back(figure_fd, png.getvalue())
+            result.update(ok=True, texts=figure_texts(chosen))
+    hand_back(result_fd, json.dumps(result, ensure_ascii=False).encode("utf-8"))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], refresh_cache="--refresh-font-cache" in sys.argv)
+    if sys.argv[1:] == ["--refresh-font-cache"]:
+        refresh_font_cache()
+    else:
+        run_model_code(*(int(arg) for arg in sys.argv[1:4]))
