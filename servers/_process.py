@@ -1,7 +1,12 @@
-"""Running server processes: start in their own process group, wait for health, stop cleanly."""
+"""Running server processes: start in their own process group, wait for health, stop cleanly.
+
+Also the one binding rule every server here follows: listening beyond loopback needs a token (or an explicit
+`--insecure`), since anyone who can reach the port could otherwise use the server.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -19,9 +24,41 @@ class ServerStartError(RuntimeError):
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that is free right now on `host`."""
-    with socket.socket() as sock:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a server bound to `host` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a hostname, or "" (every interface)
+
+
+def refuse_open_binding(host: str, *, has_token: bool, insecure: bool, set_token: str) -> None:
+    """Raise `ValueError` if a server would listen beyond loopback with no token, unless `insecure` says so.
+
+    `set_token` tells the operator how to give the server a token, e.g. "set LLMI_IMAGE_SERVER_TOKEN".
+    """
+    if is_loopback(host) or has_token or insecure:
+        return
+    raise ValueError(
+        f"binding {host or 'every interface'} without a token exposes the server to the network: "
+        f"{set_token} or pass --insecure"
+    )
+
+
+def connect_host(host: str) -> str:
+    """The address a client on this machine uses to reach a server bound to `host` (URL form)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def log_tail(path: Path, chars: int = 3000) -> str:

@@ -4,8 +4,9 @@
     result = await pool.generate("a lighthouse at dusk", width=1024, height=768, seed=7)
     png_bytes = result.images[0]
 
-A server that refuses the connection or times out is set aside for a cool-down and the request moves on;
-a busy one (429) is skipped for this request. Errors carry `transient` so callers retry only what may pass.
+A server that refuses or drops the connection, or does not connect in time, is set aside for a cool-down and the
+request moves on; a busy one (429) is skipped for this request. Errors carry `transient` so callers retry only
+what may pass.
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ class ImageServerPool:
             started = time.perf_counter()
             try:
                 response = await self._client().post(f"{server.url}{path}", json=body)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+            except (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
+                # refused, reset or hung up (a server that died, even mid-request): set it aside, try the next
                 server.down_until = time.monotonic() + self.cooldown_s
                 server.last_error = f"{type(exc).__name__}: {exc}"
                 failures.append(f"{server.url}: unreachable ({type(exc).__name__})")

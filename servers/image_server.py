@@ -7,7 +7,8 @@
 
 Inference runs off the event loop, one request at a time per instance; a bounded queue answers 429 when
 full; bodies over the size limit get 413; bad input gets 400 with the reason. An optional bearer token
-guards every route but /health. The server binds 127.0.0.1 unless told otherwise.
+guards every route but /health. The server binds 127.0.0.1 unless told otherwise; another host needs the
+token, or `--insecure` to serve without one.
 
 Run one instance with `llmi serve-image --model PATH_OR_HUB_ID`; one per GPU with `llmi serve-images`.
 """
@@ -34,6 +35,8 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from servers._process import refuse_open_binding
+
 
 @dataclass(kw_only=True)
 class ImageServerConfig:
@@ -49,6 +52,9 @@ class ImageServerConfig:
     dtype: str = field(default="auto", metadata={"help": "auto (bfloat16 on GPU, float32 on CPU), or a torch dtype."})
     token_env: str | None = field(
         default="LLMI_IMAGE_SERVER_TOKEN", metadata={"help": "Env var with the bearer token to require (unset: none)."}
+    )
+    insecure: bool = field(
+        default=False, metadata={"help": "Allow a non-loopback --host with no token (anyone reaching it can use it)."}
     )
     max_queue: int = field(default=8, metadata={"help": "Requests waiting or running before 429."})
     max_request_mb: float = field(default=32.0, metadata={"help": "Largest request body, in MB (413 above)."})
@@ -76,7 +82,9 @@ class GenerateRequest(BaseModel):
 class EditRequest(GenerateRequest):
     """Image(s) plus an instruction to a changed image."""
 
-    images: list[str] = Field(min_length=1, description="Input images, base64 (a data: URL prefix is accepted).")
+    images: list[str] = Field(
+        min_length=1, description="Input images: base64 (line breaks allowed) or data:image/...;base64, URLs."
+    )
 
 
 class BadInput(ValueError):
@@ -119,6 +127,18 @@ class PipelineRunner:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def server_token(host: str, token_env: str | None, insecure: bool) -> str | None:
+    """The bearer token held in `token_env` (empty counts as none); refuses a non-loopback host without one."""
+    token = (os.environ.get(token_env) if token_env else None) or None
+    refuse_open_binding(
+        host,
+        has_token=token is not None,
+        insecure=insecure,
+        set_token=f"set {token_env} (or --token-env)" if token_env else "name a token's env var with --token-env",
+    )
+    return token
 
 
 def load_pipeline(config: ImageServerConfig) -> PipelineRunner:
@@ -196,8 +216,11 @@ class _BodyLimit:
 
 
 def create_app(config: ImageServerConfig, runner: PipelineRunner | None = None) -> FastAPI:
-    """The FastAPI app. `runner` defaults to loading `config.model` at start-up."""
-    token = os.environ.get(config.token_env) if config.token_env else None
+    """The FastAPI app. `runner` defaults to loading `config.model` at start-up.
+
+    Raises `ValueError` for a non-loopback host with no token, unless `config.insecure`.
+    """
+    token = server_token(config.host, config.token_env, config.insecure)
     state: dict[str, Any] = {"runner": runner, "started": time.time()}
 
     async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
@@ -320,11 +343,7 @@ def _decode_images(values: list[str], config: ImageServerConfig) -> list[Image.I
         raise BadInput(f"{len(values)} input images is over the limit of {config.max_images}")
     images = []
     for i, value in enumerate(values):
-        payload = value.split(",", 1)[1] if value.startswith("data:") else value
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise BadInput(f"images[{i}] is not valid base64") from None
+        data = _image_bytes(value, f"images[{i}]")
         try:
             with Image.open(io.BytesIO(data)) as img:
                 if img.width * img.height > config.max_pixels:
@@ -335,6 +354,27 @@ def _decode_images(values: list[str], config: ImageServerConfig) -> list[Image.I
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise BadInput(f"images[{i}] is not a readable image ({exc})") from None
     return images
+
+
+_BASE64_LINE_BREAKS = str.maketrans("", "", " \t\r\n")
+
+
+def _image_bytes(value: str, name: str) -> bytes:
+    """Bytes of one input image sent as base64 or a base64 data: URL; MIME-style line breaks are fine."""
+    payload = value
+    if value[:5].lower() == "data:":
+        header, comma, payload = value.partition(",")
+        if not comma:
+            raise BadInput(f"{name} is a data: URL with no comma before its data")
+        if not header.lower().endswith(";base64"):
+            raise BadInput(f"{name} is a data: URL that is not base64 ({header[:60]}): send data:image/png;base64,...")
+    payload = payload.translate(_BASE64_LINE_BREAKS)
+    if not payload:
+        raise BadInput(f"{name} is empty")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput(f"{name} is not valid base64") from None
 
 
 def _encode_png(image: Image.Image) -> str:

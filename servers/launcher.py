@@ -2,7 +2,8 @@
 
 Instance i sees only GPU i (`CUDA_VISIBLE_DEVICES`) and listens on `base_port + i`. The launcher waits for
 every instance to be healthy, prints the URL list, and stops all of them on Ctrl-C or SIGTERM. If one dies,
-it stops the rest and exits with an error: it restarts none silently.
+it stops the rest and exits with an error: it restarts none silently. A non-loopback `--host` needs a token
+(`--token-env`) or `--insecure`, which is passed on to every instance.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from servers._process import ManagedProcess, ServerStartError, log_tail, raise_on_sigterm
+from servers._process import ManagedProcess, ServerStartError, connect_host, log_tail, raise_on_sigterm
+from servers.image_server import server_token
 
 
 @dataclass(kw_only=True)
@@ -33,6 +35,9 @@ class LauncherConfig:
     dtype: str = field(default="auto", metadata={"help": "auto (bfloat16 on GPU), or a torch dtype."})
     token_env: str | None = field(
         default="LLMI_IMAGE_SERVER_TOKEN", metadata={"help": "Env var with the bearer token to require (unset: none)."}
+    )
+    insecure: bool = field(
+        default=False, metadata={"help": "Allow a non-loopback --host with no token (anyone reaching it can use it)."}
     )
     max_queue: int = field(default=8, metadata={"help": "Requests waiting or running per instance before 429."})
     startup_timeout_s: float = field(default=1800.0, metadata={"help": "How long to wait for each instance."})
@@ -61,6 +66,7 @@ class ImageServerLauncher:
 
     def __init__(self, config: LauncherConfig):
         self.config = config
+        server_token(config.host, config.token_env, config.insecure)  # refuse before starting any instance
         self.devices = parse_devices(config.gpus)
         if not self.devices:
             raise ValueError(f"--gpus {config.gpus!r} names no device")
@@ -69,7 +75,7 @@ class ImageServerLauncher:
 
     @property
     def urls(self) -> list[str]:
-        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "") else self.config.host
+        host = connect_host(self.config.host)
         return [f"http://{host}:{self.config.base_port + i}" for i in range(len(self.devices))]
 
     def _instance(self, i: int, device: str) -> ManagedProcess:
@@ -80,6 +86,7 @@ class ImageServerLauncher:
             "--device", "cpu" if device == "cpu" else "cuda", "--dtype", c.dtype, "--max-queue", str(c.max_queue),
         ]  # fmt: skip
         argv += ["--token-env", c.token_env] if c.token_env else ["--token-env", ""]
+        argv += ["--insecure"] if c.insecure else []
         env = dict(os.environ)
         env["CUDA_VISIBLE_DEVICES"] = "" if device == "cpu" else device
         return ManagedProcess(argv, env=env, log_path=self.log_dir / f"instance-{i}.log")

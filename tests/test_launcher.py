@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -119,3 +120,67 @@ def test_launcher_cli_stops_instances_on_sigterm(tiny_model, tmp_path):
     assert _instance_pids(tmp_path, port) == []
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/health", timeout=2)
+
+
+def test_launcher_needs_a_token_or_insecure_beyond_loopback(monkeypatch, tmp_path):
+    monkeypatch.delenv("LLMI_IMAGE_SERVER_TOKEN", raising=False)
+    with pytest.raises(ValueError) as refused:
+        ImageServerLauncher(LauncherConfig(model="m", gpus="cpu:1", host="0.0.0.0"))
+    assert str(refused.value) == (
+        "binding 0.0.0.0 without a token exposes the server to the network: set LLMI_IMAGE_SERVER_TOKEN "
+        "(or --token-env) or pass --insecure"
+    )
+    with pytest.raises(ValueError, match=r"binding 10\.1\.2\.3 without a token .* --token-env or pass --insecure"):
+        ImageServerLauncher(LauncherConfig(model="m", gpus="cpu:1", host="10.1.2.3", token_env=None))
+
+    config = LauncherConfig(model="m", gpus="cpu:2", host="0.0.0.0", base_port=9000, insecure=True,
+                            log_dir=str(tmp_path))  # fmt: skip
+    launcher = ImageServerLauncher(config)
+    argv = launcher._instance(1, "cpu").argv
+    assert "--insecure" in argv and argv[argv.index("--host") + 1] == "0.0.0.0"
+    assert launcher.urls == ["http://127.0.0.1:9000", "http://127.0.0.1:9001"]
+    loopback = ImageServerLauncher(LauncherConfig(model="m", gpus="cpu:1", log_dir=str(tmp_path)))
+    assert "--insecure" not in loopback._instance(0, "cpu").argv
+    monkeypatch.setenv("LLMI_IMAGE_SERVER_TOKEN", "a-token")
+    ImageServerLauncher(LauncherConfig(model="m", gpus="cpu:1", host="0.0.0.0", log_dir=str(tmp_path)))
+
+
+def test_serve_images_cli_refuses_an_open_binding(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "LLMI_IMAGE_SERVER_TOKEN"}
+    result = subprocess.run(
+        [sys.executable, "-m", "llmi_graph.cli", "serve-images", "--model", str(tmp_path / "no-model"),
+         "--gpus", "cpu:1", "--host", "0.0.0.0", "--log-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env={**env, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "error: binding 0.0.0.0 without a token exposes the server to the network" in " ".join(result.stderr.split())
+    assert not list(tmp_path.glob("instance-*.log")), "no instance should have started"
+
+
+# Runs inside a private network namespace, so binding 0.0.0.0 there reaches no real network.
+_OPEN_LAUNCH = """
+import json, subprocess, sys
+import httpx
+from servers._process import free_port
+from servers.launcher import ImageServerLauncher, LauncherConfig
+
+config = LauncherConfig(model=sys.argv[1], gpus="cpu:1", host="0.0.0.0", base_port=free_port(), token_env=None,
+                        insecure=True, log_dir=sys.argv[2])
+with ImageServerLauncher(config) as launcher:
+    url = launcher.urls[0]
+    listening = subprocess.run(["ss", "-ltnH", f"sport = :{config.base_port}"], capture_output=True, text=True)
+    print(json.dumps({"info": httpx.get(f"{url}/info").json(),
+                      "listening": [line.split()[3] for line in listening.stdout.splitlines()]}))
+"""
+
+
+def test_insecure_launches_on_every_interface_without_a_token(tiny_model, tmp_path, requires_bwrap):
+    result = subprocess.run(
+        ["bwrap", "--dev-bind", "/", "/", "--unshare-net", "--die-with-parent", "--chdir", str(ROOT),
+         sys.executable, "-c", _OPEN_LAUNCH, str(tiny_model), str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr + "".join(p.read_text() for p in tmp_path.glob("*.log"))
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out["info"]["mode"] == "generate"  # answered with no token: the instance got --insecure
+    assert [address.rsplit(":", 1)[0] for address in out["listening"]] == ["0.0.0.0"]

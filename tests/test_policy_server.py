@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -130,10 +132,15 @@ def test_command_has_the_flags_llmi_needs(monkeypatch, tmp_path):
     flags = " ".join(argv)
     for expected in ("--model Qwen/Qwen3-4B-Instruct-2507", "--served-model-name policy", "--host 127.0.0.1",
                      "--port 8123", "--max-model-len 2048", "--enable-lora", "--max-lora-rank 16",
-                     "--tensor-parallel-size 2", "--api-key sekrit"):  # fmt: skip
+                     "--tensor-parallel-size 2"):  # fmt: skip
         assert expected in flags
+    assert "--api-key" not in argv and not any("sekrit" in arg for arg in argv)  # argv shows in `ps`
     env = server.environment()
+    assert env["VLLM_API_KEY"] == "sekrit"
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    monkeypatch.setenv("VLLM_API_KEY", "stray")  # a key inherited by accident is not passed on
+    keyless = PolicyServer(PolicyServerConfig(model="m", port=8123, log_path=str(tmp_path / "log")))
+    assert "VLLM_API_KEY" not in keyless.environment()
     assert server.url == "http://127.0.0.1:8123/v1"
     monkeypatch.delenv("MY_VLLM_KEY")
     with pytest.raises(ValueError, match="MY_VLLM_KEY is not set"):
@@ -146,3 +153,74 @@ def test_missing_vllm_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(VllmMissing, match="make serve-policy"):
         find_vllm_python()
+
+
+def test_binding_beyond_loopback_needs_an_api_key_or_insecure(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLMI_VLLM_PYTHON", sys.executable)
+    log = str(tmp_path / "log")
+    with pytest.raises(ValueError) as refused:
+        PolicyServer(PolicyServerConfig(model="m", host="0.0.0.0", port=8123, log_path=log))
+    assert str(refused.value) == (
+        "binding 0.0.0.0 without a token exposes the server to the network: "
+        "set --api-key-env to an env var holding a key or pass --insecure"
+    )
+    for host in ("192.168.1.20", "::", ""):
+        with pytest.raises(ValueError, match="without a token exposes the server"):
+            PolicyServer(PolicyServerConfig(model="m", host=host, port=8123, log_path=log))
+    insecure = PolicyServer(PolicyServerConfig(model="m", host="0.0.0.0", port=8123, insecure=True, log_path=log))
+    assert insecure.url == "http://127.0.0.1:8123/v1" and "--host 0.0.0.0" in " ".join(insecure.command())
+    monkeypatch.setenv("MY_VLLM_KEY", "sekrit")
+    PolicyServer(PolicyServerConfig(model="m", host="0.0.0.0", port=8123, api_key_env="MY_VLLM_KEY", log_path=log))
+    assert PolicyServer(PolicyServerConfig(model="m", host="::1", port=8123, log_path=log)).url == (
+        "http://[::1]:8123/v1"
+    )
+    with pytest.raises(ValueError, match="through --api-key-env, not --extra-args"):
+        PolicyServer(PolicyServerConfig(model="m", extra_args=["--api-key=sekrit"], log_path=log))
+
+
+def test_serve_policy_cli_refuses_an_open_binding(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "llmi_graph.cli", "serve-policy", "--model", "m", "--host", "0.0.0.0",
+         "--log-path", str(tmp_path / "vllm.log")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "error: binding 0.0.0.0 without a token exposes the server to the network" in " ".join(result.stderr.split())
+    assert not (tmp_path / "vllm.log").exists()
+
+
+def _session_processes(leader: int) -> dict[int, bytes]:
+    """Command lines (NUL-separated, as `ps` reads them) of every process in `leader`'s session."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            session = int(stat.read_text().rsplit(")", 1)[1].split()[3])  # after the name: state ppid pgrp session
+            if session == leader:
+                found[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended while we looked
+    return found
+
+
+@pytest.mark.slow
+def test_api_key_reaches_vllm_through_the_environment_not_argv(embedded_model_dir, tmp_path, monkeypatch,
+                                                                 policy_server):  # fmt: skip
+    key = secrets.token_hex(16)
+    monkeypatch.setenv("LLMI_TEST_VLLM_KEY", key)
+    config = PolicyServerConfig(model=embedded_model_dir, served_model_name="smol-keyed", lora=False,
+                                api_key_env="LLMI_TEST_VLLM_KEY", log_path=str(tmp_path / "vllm.log"))  # fmt: skip
+    with PolicyServer(config) as server:
+        processes = _session_processes(server._process.pid)
+        assert any(b"vllm.entrypoints.openai.api_server" in argv for argv in processes.values()), processes
+        assert not [pid for pid, argv in processes.items() if key.encode() in argv]
+        assert key not in server.log_path.read_text()
+
+        body = {"model": "smol-keyed", "messages": MESSAGES, "max_tokens": 4}
+        assert httpx.get(f"{server.url}/models", timeout=30).status_code == 401
+        assert httpx.post(f"{server.url}/chat/completions", json=body, timeout=30).status_code == 401
+        wrong = {"Authorization": "Bearer not-the-key"}
+        assert httpx.get(f"{server.url}/models", headers=wrong, timeout=30).status_code == 401
+        keyed = {"Authorization": f"Bearer {key}"}
+        response = httpx.post(f"{server.url}/chat/completions", json=body, headers=keyed, timeout=300)
+        assert response.status_code == 200, response.text
+        assert server.models() == ["smol-keyed"]  # the helper's client sends the key too
