@@ -92,6 +92,22 @@ def image_host_app() -> FastAPI:
         await asyncio.sleep(5)
         return Response(good, media_type="image/png")
 
+    @app.get("/drip")
+    async def drip() -> StreamingResponse:
+        async def body():
+            for _ in range(200):  # a byte every 0.2 s: no single read ever times out
+                await asyncio.sleep(0.2)
+                yield b"\x00"
+
+        return StreamingResponse(body(), media_type="image/png")
+
+    @app.get("/short-body")
+    async def short_body() -> StreamingResponse:
+        async def body():
+            yield good[: len(good) // 2]  # then the server hangs up: half of what it declared
+
+        return StreamingResponse(body(), headers={"Content-Length": str(len(good))}, media_type="image/png")
+
     @app.get("/to/{target:path}")
     async def redirect(target: str) -> RedirectResponse:
         return RedirectResponse(target if "://" in target else f"/{target}", status_code=302)
@@ -206,6 +222,20 @@ async def test_bytes_must_be_an_image_within_the_window(host):
         await download_image(f"http://public.test:{host.port}/bomb-small.png", **net)
     with pytest.raises(DownloadRefused, match="100x100 is under the minimum 400x400"):
         await download_image(f"http://public.test:{host.port}/tiny.png", **net)
+
+
+async def test_a_server_dripping_bytes_meets_the_overall_deadline(host):
+    limits = DownloadLimits(read_timeout_s=1.0, total_timeout_s=1.5)
+    started = time.perf_counter()
+    with pytest.raises(DownloadRefused, match=r"took more than 1\.5 s in all") as info:
+        await download_image(f"http://public.test:{host.port}/drip", limits=limits, **network(host.port))
+    assert info.value.transient and time.perf_counter() - started < 4
+
+
+async def test_a_body_shorter_than_declared_is_a_refusal(host):
+    with pytest.raises(DownloadRefused, match="while reading") as info:
+        await download_image(f"http://public.test:{host.port}/short-body", **network(host.port))
+    assert info.value.transient
 
 
 async def test_read_timeout(host):

@@ -55,7 +55,8 @@ class DownloadLimits:
     min_width: int = 400
     min_height: int = 400
     connect_timeout_s: float = 5.0
-    read_timeout_s: float = 20.0
+    read_timeout_s: float = 20.0  # between two reads
+    total_timeout_s: float = 60.0  # the whole download, redirects included (a server dripping bytes)
     max_redirects: int = 5
 
 
@@ -150,37 +151,54 @@ async def download_image(
     owned = client is None
     client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
     try:
-        current = url
-        for _ in range(limits.max_redirects + 1):
-            pinned, host = await _vet(current, resolver, policy)
-            request = client.build_request(
-                "GET",
-                pinned,
-                headers={"Host": _host_header(current), "User-Agent": "llmi/0.1 (image search)", "Accept": "image/*"},
-                extensions={"sni_hostname": host, "timeout": timeout.as_dict()},
-            )
-            try:
-                response = await client.send(request, stream=True)
-            except httpx.TimeoutException as exc:
-                raise DownloadRefused(f"{current[:200]}: timed out ({type(exc).__name__})", transient=True) from None
-            except httpx.HTTPError as exc:
-                raise DownloadRefused(f"{current[:200]}: {type(exc).__name__}: {exc}", transient=True) from None
-            try:
-                if response.status_code in _REDIRECTS and "location" in response.headers:
-                    current = urljoin(current, response.headers["location"])
-                    continue
-                if response.status_code != 200:
-                    transient = response.status_code == 429 or response.status_code >= 500
-                    raise DownloadRefused(f"{current[:200]}: HTTP {response.status_code}", transient=transient)
-                data = await _read_capped(response, limits.max_bytes, current)
-            finally:
-                await response.aclose()
-            mime, width, height = check_image_bytes(data, limits, current)
-            return DownloadedImage(data=data, mime=mime, width=width, height=height, url=url, final_url=current)
-        raise DownloadRefused(f"{url[:200]}: more than {limits.max_redirects} redirects")
+        async with asyncio.timeout(limits.total_timeout_s):
+            return await _follow(url, limits, resolver, policy, client, timeout)
+    except TimeoutError:
+        raise DownloadRefused(
+            f"{url[:200]}: took more than {limits.total_timeout_s:g} s in all; stopped", transient=True
+        ) from None
     finally:
         if owned:
             await client.aclose()
+
+
+async def _follow(
+    url: str,
+    limits: DownloadLimits,
+    resolver: Resolver,
+    policy: AddressPolicy,
+    client: httpx.AsyncClient,
+    timeout: httpx.Timeout,
+) -> DownloadedImage:
+    """Fetch `url`, vetting and pinning every hop of its redirects."""
+    current = url
+    for _ in range(limits.max_redirects + 1):
+        pinned, host = await _vet(current, resolver, policy)
+        request = client.build_request(
+            "GET",
+            pinned,
+            headers={"Host": _host_header(current), "User-Agent": "llmi/0.1 (image search)", "Accept": "image/*"},
+            extensions={"sni_hostname": host, "timeout": timeout.as_dict()},
+        )
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise DownloadRefused(f"{current[:200]}: timed out ({type(exc).__name__})", transient=True) from None
+        except httpx.HTTPError as exc:
+            raise DownloadRefused(f"{current[:200]}: {type(exc).__name__}: {exc}", transient=True) from None
+        try:
+            if response.status_code in _REDIRECTS and "location" in response.headers:
+                current = urljoin(current, response.headers["location"])
+                continue
+            if response.status_code != 200:
+                transient = response.status_code == 429 or response.status_code >= 500
+                raise DownloadRefused(f"{current[:200]}: HTTP {response.status_code}", transient=transient)
+            data = await _read_capped(response, limits.max_bytes, current)
+        finally:
+            await response.aclose()
+        mime, width, height = check_image_bytes(data, limits, current)
+        return DownloadedImage(data=data, mime=mime, width=width, height=height, url=url, final_url=current)
+    raise DownloadRefused(f"{url[:200]}: more than {limits.max_redirects} redirects")
 
 
 def _host_header(url: str) -> str:
@@ -202,6 +220,8 @@ async def _read_capped(response: httpx.Response, max_bytes: int, url: str) -> by
             chunks.append(chunk)
     except httpx.TimeoutException:
         raise DownloadRefused(f"{url[:200]}: timed out while reading", transient=True) from None
+    except httpx.HTTPError as exc:  # a body shorter than its Content-Length, a reset mid-body
+        raise DownloadRefused(f"{url[:200]}: {type(exc).__name__} while reading: {exc}"[:500], transient=True) from None
     return b"".join(chunks)
 
 
