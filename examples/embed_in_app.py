@@ -5,6 +5,9 @@ Run:  python examples/embed_in_app.py
 
 Any LangChain chat model can be the policy (`ChatModelPolicy`). Without an endpoint this example uses a
 scripted fake chat model, so it runs offline; the code tool still runs the chart code for real.
+
+Your app is the operator: it sets backends, URLs and limits with `Config` (or `LLMI_*` variables). What your
+users choose per run (prompt, input images as data, image_num, tools, sampling) goes in the graph's input.
 """
 
 from __future__ import annotations
@@ -29,16 +32,17 @@ SCRIPTED_DRAFT = (
 
 
 async def main() -> None:
+    config = Config(max_tokens_limit=1024)  # operator settings: the environment's, with this cap
     if os.environ.get("LLMI_POLICY_URL"):
-        graph = build_graph()  # the policy comes from the config: an OpenAI-compatible endpoint
+        graph = build_graph(config=config)  # the policy comes from the config: an OpenAI-compatible endpoint
     else:
-        graph = build_graph(policy=ChatModelPolicy(FakeListChatModel(responses=[SCRIPTED_DRAFT]), name="scripted"))
+        scripted = ChatModelPolicy(FakeListChatModel(responses=[SCRIPTED_DRAFT]), name="scripted")
+        graph = build_graph(policy=scripted, config=config)
 
     # Stream progress events while the graph runs, then read the final state.
+    request = {"prompt": "Explain tides with a chart", "max_tokens": 512, "temperature": 0.3}
     final = None
-    async for mode, chunk in graph.astream(
-        {"prompt": "Explain tides with a chart"}, context=Config(max_tokens=512), stream_mode=["custom", "values"]
-    ):
+    async for mode, chunk in graph.astream(request, stream_mode=["custom", "values"]):
         if mode == "custom":
             print("event:", chunk)
         else:

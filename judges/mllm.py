@@ -3,8 +3,12 @@ Image Quality, Task Relevance and Text-Image Relevance, 1 to 5, weighted toward 
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import io
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,11 +18,14 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from judges._endpoint import JudgeEndpoint, JudgeResult, ask_for_scores, gather_bounded
-from llmi_graph.state import Figure, State
+from llmi_graph.config import Config
+from llmi_graph.state import Figure, ImageRef, State
+from llmi_graph.store import InvalidImageError, inspect_image
 from llmi_graph.tags import TextSegment
 
 PROMPT_VERSION = "mllm-judge/1"
 MAX_SIDE = 768
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
 RUBRIC = """You grade documents that mix text and images, made for a user's request. You see the request, then
 the document in reading order: text, images, and notes where an image could not be made (count those as missing
@@ -41,6 +48,52 @@ class MLLMJudgement(BaseModel):
     explanation: str = Field(description="Two or three sentences on the strengths and weaknesses.")
 
 
+class ImageReadError(ValueError):
+    """An image the judge will not read: missing, outside the allowed folders, not a plain file, too big,
+    not its hash, or not an image."""
+
+
+def default_image_roots() -> list[Path]:
+    """Where judges read images unless told otherwise: the configured image store (`LLMI_IMAGE_DIR`)."""
+    return [Config().image_path]
+
+
+def read_image(ref: ImageRef, roots: Sequence[str | os.PathLike[str]]) -> bytes:
+    """The bytes of `ref` for a judge: a regular file inside one of `roots` whose SHA-256 is `ref.sha256`.
+
+    The path is resolved first, so `..` and symlinks that lead outside the roots are refused, and the file is
+    opened without following a link, so one swapped in afterwards is refused too. Raises `ImageReadError`
+    with the reason.
+    """
+    try:
+        path = Path(ref.path).resolve(strict=True)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ImageReadError(f"{ref.path} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    allowed = [Path(root).resolve() for root in roots]
+    if not any(path != root and path.is_relative_to(root) for root in allowed):
+        where = " or ".join(str(root) for root in allowed) or "nowhere"
+        raise ImageReadError(f"{ref.path} is outside the folders a judge may read images from ({where})")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)  # NONBLOCK: a FIFO won't hang
+    except OSError as exc:
+        raise ImageReadError(f"{ref.path} cannot be opened ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageReadError(f"{ref.path} is not a regular file")
+        if info.st_size > MAX_IMAGE_BYTES:
+            raise ImageReadError(f"{ref.path} is over the {MAX_IMAGE_BYTES // 2**20} MB limit for judged images")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(MAX_IMAGE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageReadError(f"{ref.path} is over the {MAX_IMAGE_BYTES // 2**20} MB limit for judged images")
+    if hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise ImageReadError(f"{ref.path} does not match the SHA-256 the document records for it")
+    return data
+
+
 def image_part(data: bytes) -> dict[str, Any]:
     """An image as an OpenAI content part (PNG, longest side at most 768 px)."""
     with Image.open(io.BytesIO(data)) as img:
@@ -54,15 +107,29 @@ def image_part(data: bytes) -> dict[str, Any]:
     }
 
 
-def document_parts(document: Sequence[TextSegment | Figure]) -> list[dict[str, Any]]:
-    """The document as ordered content parts: text, images, and a note for each failed slot."""
+def document_parts(
+    document: Sequence[TextSegment | Figure], image_roots: Sequence[str | os.PathLike[str]] | None = None
+) -> list[dict[str, Any]]:
+    """The document as ordered content parts: text, images, and a note for each failed slot.
+
+    Images are read with `read_image` from `image_roots` (default: the configured image store); an image that
+    cannot be read raises `ImageReadError`, since judging the document without it would be unfair.
+    """
+    roots = default_image_roots() if image_roots is None else image_roots
     parts: list[dict[str, Any]] = []
     for item in document:
         if isinstance(item, TextSegment):
             if item.text.strip():
                 parts.append({"type": "text", "text": item.text})
         elif item.status == "ok" and item.image is not None:
-            parts.append(image_part(Path(item.image.path).read_bytes()))
+            try:
+                data = read_image(item.image, roots)
+                inspect_image(data)  # the pixel limit and a full decode check, before PIL converts it
+                parts.append(image_part(data))
+            except ImageReadError as exc:
+                raise ImageReadError(f"image {item.index}: {exc}") from None
+            except (InvalidImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise ImageReadError(f"image {item.index}: {item.image.path} is not a usable image ({exc})") from None
         else:
             parts.append({"type": "text", "text": f"[Image {item.index} could not be made: {item.error}]"})
     return parts
@@ -73,21 +140,28 @@ class MLLMJudge:
 
     names = ("quality", "task_relevance", "text_image_relevance")
 
-    def __init__(self, endpoint: JudgeEndpoint):
+    def __init__(self, endpoint: JudgeEndpoint, image_roots: Sequence[str | os.PathLike[str]] | None = None):
+        """`image_roots`: the folders images may be read from (default: the configured image store); `llmi
+        score` adds the report's images/ folder."""
         self.endpoint = endpoint
+        self.image_roots = default_image_roots() if image_roots is None else [Path(r) for r in image_roots]
 
     def messages(self, prompt: str, document: Sequence[TextSegment | Figure]) -> list:
         content = [
             {"type": "text", "text": f"User request:\n{prompt}\n\nThe document:"},
-            *document_parts(document),
+            *document_parts(document, self.image_roots),
             {"type": "text", "text": "Give the Quality, Task relevance and Text-image relevance scores."},
         ]
         return [SystemMessage(content=RUBRIC), HumanMessage(content=content)]
 
     async def judge(self, prompt: str, document: Sequence[TextSegment | Figure]) -> JudgeResult:
-        import asyncio
-
-        messages = await asyncio.to_thread(self.messages, prompt, document)  # reads image files
+        """Scores for the document, or no score with the reason (an image it may not read, an endpoint
+        failure); never raises for either."""
+        try:
+            messages = await asyncio.to_thread(self.messages, prompt, document)  # reads image files
+        except ImageReadError as exc:
+            reason = f"no score: {exc}"[:1000]
+            return JudgeResult(scores=None, model=self.endpoint.model, prompt_version=PROMPT_VERSION, reason=reason)
         return await ask_for_scores(self.endpoint, messages, MLLMJudgement, self.names, PROMPT_VERSION)
 
     async def judge_state(self, state: State) -> JudgeResult:

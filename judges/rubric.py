@@ -7,6 +7,7 @@ the judge could not score is reported as such and left out of the sum, never cou
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 
 from judges._endpoint import JudgeEndpoint, JudgeResult, ask_for_scores, gather_bounded
-from judges.mllm import document_parts
+from judges.mllm import ImageReadError, document_parts
 from llmi_graph.state import Figure
 from llmi_graph.tags import TextSegment
 
@@ -69,21 +70,20 @@ class RubricResult:
 class RubricJudge:
     """Scores a document against a prompt's criteria, one request per criterion, bounded concurrency."""
 
-    def __init__(self, endpoint: JudgeEndpoint):
+    def __init__(self, endpoint: JudgeEndpoint, image_roots: Sequence[str | os.PathLike[str]] | None = None):
         self.endpoint = endpoint
+        self.image_roots = image_roots  # where images may be read from (default: the image store)
 
-    def messages(self, prompt: str, document: Sequence[TextSegment | Figure], criterion: str) -> list:
+    def messages(self, prompt: str, parts: list[dict[str, Any]], criterion: str) -> list:
         content = [
             {"type": "text", "text": f"User request:\n{prompt}\n\nThe document:"},
-            *document_parts(document),
+            *parts,
             {"type": "text", "text": f"Criterion: {criterion}\nScore it 0, 1 or 2 and justify."},
         ]
         return [SystemMessage(content=RUBRIC), HumanMessage(content=content)]
 
-    async def _criterion(
-        self, prompt: str, document: Sequence[TextSegment | Figure], criterion: str
-    ) -> CriterionResult:
-        messages = await asyncio.to_thread(self.messages, prompt, document, criterion)
+    async def _criterion(self, prompt: str, parts: list[dict[str, Any]], criterion: str) -> CriterionResult:
+        messages = self.messages(prompt, parts, criterion)
         result: JudgeResult = await ask_for_scores(
             self.endpoint, messages, CriterionJudgement, ("score",), PROMPT_VERSION, low=0, high=2
         )
@@ -94,9 +94,15 @@ class RubricJudge:
     async def judge(
         self, prompt: str, document: Sequence[TextSegment | Figure], criteria: Sequence[str]
     ) -> RubricResult:
-        results = await gather_bounded(
-            [self._criterion(prompt, document, c) for c in criteria], self.endpoint.concurrency
-        )
+        try:
+            parts = await asyncio.to_thread(document_parts, document, self.image_roots)  # reads image files once
+        except ImageReadError as exc:  # an image it may not read: no criterion is scored, and nothing is sent
+            reason = f"no score: {exc}"[:1000]
+            results = [CriterionResult(c, None, None, reason) for c in criteria]
+        else:
+            results = await gather_bounded(
+                [self._criterion(prompt, parts, c) for c in criteria], self.endpoint.concurrency
+            )
         return RubricResult(
             criteria=results, model=self.endpoint.model, unscored=[r.criterion for r in results if r.score is None]
         )

@@ -3,10 +3,10 @@
 from llmi_graph.config import Config
 from llmi_graph.graph import InputError, PolicyError, build_graph, image_store
 from llmi_graph.policy import ChatModelPolicy, EmbeddedPolicy, OpenAIPolicy, Policy, Sampling, policy_for
-from llmi_graph.state import Figure, ImageRef, ImageResult, PolicyOutput, State
-from llmi_graph.store import ImageStore
+from llmi_graph.state import Figure, ImageRef, ImageResult, Output, PolicyOutput, Request, State
+from llmi_graph.store import ImageStore, data_url
 from llmi_graph.tags import SOURCES, ImageSlot, ParsedDraft, TextSegment, ToolCall, parse_tags
-from llmi_graph.toolbox import Toolbox
+from llmi_graph.toolbox import Toolbox, close_toolboxes, toolbox_for
 
 __all__ = [
     "SOURCES",
@@ -20,17 +20,22 @@ __all__ = [
     "ImageStore",
     "InputError",
     "OpenAIPolicy",
+    "Output",
     "ParsedDraft",
     "Policy",
     "PolicyError",
     "PolicyOutput",
+    "Request",
     "Sampling",
     "State",
     "TextSegment",
     "ToolCall",
     "Toolbox",
     "build_graph",
+    "close_toolboxes",
+    "data_url",
     "image_store",
     "parse_tags",
     "policy_for",
+    "toolbox_for",
 ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,10 +21,10 @@ from llmi_graph._cli_config import dataclass_command
 from llmi_graph.config import Config
 from llmi_graph.graph import InputError, PolicyError, build_graph, image_store
 from llmi_graph.report import write_report
-from llmi_graph.state import State
-from llmi_graph.store import InvalidImageError, inspect_image
+from llmi_graph.state import Request, State
+from llmi_graph.store import InvalidImageError, data_url
 from llmi_graph.tags import SOURCES
-from llmi_graph.toolbox import Toolbox
+from llmi_graph.toolbox import Toolbox, close_toolboxes, toolbox_for
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="llmi: interleaved text-and-image documents.")
 console = Console(stderr=True, soft_wrap=True)
@@ -80,21 +79,23 @@ def run(
 ) -> None:
     """Write an interleaved document for PROMPT and save it as HTML, Markdown and trajectory.json."""
     try:
-        request = _request(prompt, image or [], image_num, tools)
+        sampling = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed}
+        request = _request(prompt, image or [], image_num, tools, sampling)
+        # The command line is the operator: its --max-tokens also lifts the cap when it is above it.
         cfg = Config.from_env(
             policy_url=policy_url, policy_model=model, adapter=adapter, max_tokens=max_tokens,
-            temperature=temperature, seed=seed, cache_dir=cache_dir, search_backend=search_backend,
+            cache_dir=cache_dir, search_backend=search_backend,
             search_library_dir=library,
             diffusion_backend=diffusion_backend, edit_backend=edit_backend, code_backend=code_backend,
             image_server_urls=",".join(image_server) if image_server else None,
             edit_server_urls=",".join(edit_server) if edit_server else None, tool_cache=tool_cache,
         )  # fmt: skip
-        toolbox = Toolbox.from_config(cfg)
+        toolbox = toolbox_for(cfg)
         if adapter and policy_url:
             raise CliError("--adapter is for the embedded policy; at a server, load it there and pass --model NAME")
         if adapter and not (Path(adapter) / "adapter_config.json").is_file():
             raise CliError(f"--adapter {adapter}: not a LoRA adapter folder (no adapter_config.json)")
-        out_dir, created = _prepare_out(out)
+        out_dir = _prepare_out(out)
     except (CliError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -102,14 +103,10 @@ def run(
     try:
         state = asyncio.run(_run_graph(request, cfg))
         paths = write_report(state, out_dir, image_store(cfg), cfg)
-    except (PolicyError, InputError, OSError) as exc:
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
+    except (PolicyError, InputError, OSError) as exc:  # write_report is all or nothing: --out is as it was
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
         console.print("[yellow]interrupted[/yellow]")
         raise typer.Exit(130) from None
     ok = sum(1 for r in state.results if r.status == "ok")
@@ -122,14 +119,18 @@ def run(
     typer.echo(f"Trajectory: {paths.trajectory}")
 
 
-def _request(prompt: str, images: list[Path], image_num: int, tools: str | None) -> dict[str, Any]:
+def _request(
+    prompt: str, images: list[Path], image_num: int, tools: str | None, sampling: dict[str, Any]
+) -> dict[str, Any]:
+    """The graph input for the command line: the user's own image files are read here and sent as data."""
     if not prompt.strip():
         raise CliError("the prompt is empty: say what the document should be about")
+    encoded = []
     for path in images:
         if not path.is_file():
             raise CliError(f"--image {path}: no such file")
         try:
-            inspect_image(path.read_bytes())
+            encoded.append(data_url(path.read_bytes()))
         except InvalidImageError as exc:
             raise CliError(f"--image {path}: {exc}") from None
         except OSError as exc:
@@ -137,30 +138,46 @@ def _request(prompt: str, images: list[Path], image_num: int, tools: str | None)
     allowed = [t.strip() for t in tools.split(",") if t.strip()] if tools is not None else None
     request = {
         "prompt": prompt,
-        "images": [str(p.resolve()) for p in images],
+        "images": encoded,
         "image_num": image_num,
         "allowed_tools": allowed,
+        **{k: v for k, v in sampling.items() if v is not None},
     }
     try:
-        State.model_validate(request)  # the same checks the graph makes, before any work
+        Request.model_validate(request)  # the same checks the graph makes, before any work
     except ValidationError as exc:
         raise CliError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
     return request
 
 
-def _prepare_out(out: Path | None) -> tuple[Path, bool]:
-    """Check (and create) the output folder before any work; return it and whether we created it."""
-    out = out or Path("llmi-out") / time.strftime("%Y%m%d-%H%M%S")
-    if out.exists() and not out.is_dir():
+def _prepare_out(out: Path | None) -> Path:
+    """Check the output folder before any work: a new one we can create, or an empty one. Nothing is made
+    until the report is written (all or nothing), so a run that fails leaves no trace."""
+    if out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out, n = Path("llmi-out") / stamp, 1
+        while os.path.lexists(out):
+            n += 1
+            out = Path("llmi-out") / f"{stamp}-{n}"
+    if os.path.lexists(out) and not out.is_dir():
         raise CliError(f"--out {out} exists and is not a folder")
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CliError(f"--out {out}: cannot create it ({exc.strerror})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise CliError(f"--out {out}: the folder is not writable")
-    return out, created
+    if out.is_dir():
+        try:
+            if any(out.iterdir()):
+                raise CliError(
+                    f"--out {out} is not empty: pick a new folder (llmi never overwrites files it did not write)"
+                )
+        except OSError as exc:
+            raise CliError(f"--out {out}: cannot read it ({exc.strerror})") from None
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise CliError(f"--out {out}: the folder is not writable")
+        return out
+    parent = next(p for p in out.absolute().parents if os.path.lexists(p))
+    if not parent.is_dir():
+        raise CliError(f"--out {out}: cannot create it ({parent} is not a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CliError(f"--out {out}: cannot create it ({parent} is not writable)")
+    return out
 
 
 def _describe_tools(cfg: Config, toolbox: Toolbox) -> None:
@@ -186,15 +203,18 @@ def _describe_tools(cfg: Config, toolbox: Toolbox) -> None:
 
 
 async def _run_graph(request: dict[str, Any], cfg: Config) -> State:
-    graph = build_graph()
+    graph = build_graph(config=cfg)
     progress = _Progress(cfg)
     final: dict[str, Any] | None = None
-    with progress.live():
-        async for mode, chunk in graph.astream(request, context=cfg, stream_mode=["custom", "values"]):
-            if mode == "custom":
-                progress.update(chunk)
-            else:
-                final = chunk
+    try:
+        with progress.live():
+            async for mode, chunk in graph.astream(request, stream_mode=["custom", "values"]):
+                if mode == "custom":
+                    progress.update(chunk)
+                else:
+                    final = chunk
+    finally:
+        await close_toolboxes()
     assert final is not None
     return State.model_validate(final)
 
@@ -321,6 +341,7 @@ def score(
 ) -> None:
     """Score a finished report with the hybrid reward (rules + LLM judge + multimodal judge) into score.json."""
     import json
+    import secrets
 
     from judges._endpoint import JudgeEndpoint
     from judges.hybrid import HybridOptions, score_state
@@ -328,26 +349,35 @@ def score(
     from judges.mllm import MLLMJudge
     from llmi_graph.report import load_state
 
+    folder = path if path.is_dir() else path.parent
     try:
         state = load_state(path)
+        # The judge reads images only from the report's images/ and the image store, and checks their hashes.
+        image_roots = [folder / "images", Config.from_env().image_path]
         options = HybridOptions(
             missing=missing, split=split, tool_weight=tool_weight, mllm_full_marks_only_if_unwanted=close_hacks,
             ignore_literal_image_markers=close_hacks, smooth_overflow=close_hacks,
         )  # fmt: skip
         if missing not in ("renormalize", "unscored") or split not in ("train", "eval"):
             raise CliError("--missing takes renormalize or unscored; --split takes train or eval")
-    except (CliError, ValueError, OSError, KeyError) as exc:
+    except (CliError, ValueError, OSError, KeyError, TypeError) as exc:
         console.print(f"[red]error:[/red] cannot score {path}: {exc}")
         raise typer.Exit(2) from None
     llm = LLMJudge(JudgeEndpoint(base_url=judge_url, model=judge_model)) if judge_url else None
-    mllm = MLLMJudge(JudgeEndpoint(base_url=mllm_url, model=mllm_model, api_key_env="LLMI_MLLM_JUDGE_API_KEY")) if (
-        mllm_url) else None  # fmt: skip
+    mllm = MLLMJudge(JudgeEndpoint(base_url=mllm_url, model=mllm_model, api_key_env="LLMI_MLLM_JUDGE_API_KEY"),
+                     image_roots=image_roots) if mllm_url else None  # fmt: skip
     if llm is None and mllm is None:
         console.print("[yellow]warning:[/yellow] no judge URL given: only the rule term is scored")
     tools = [t.strip() for t in required_tools.split(",")] if required_tools else []
     reward = asyncio.run(score_state(state, llm, mllm, options, tools))
-    out = (path if path.is_dir() else path.parent) / "score.json"
-    out.write_text(json.dumps(reward.as_dict(), indent=2))
+    for name, judged in reward.judges.items():
+        if judged and judged["reason"]:
+            console.print(f"[yellow]warning:[/yellow] {name} judge: {judged['reason']}", highlight=False)
+    out = folder / "score.json"
+    tmp = folder / f".score-{secrets.token_hex(6)}.json"
+    with open(tmp, "x") as fh:
+        fh.write(json.dumps(reward.as_dict(), indent=2))
+    os.replace(tmp, out)  # replaces a score.json, never writes through a link planted in its place
     shown = "unscored" if reward.reward is None else f"{reward.reward:.4f}"
     console.print(f"R = {shown}  (n {reward.image_num_score:.3f}, l {reward.llm}, m {reward.mllm})", highlight=False)
     typer.echo(f"Score: {out}")

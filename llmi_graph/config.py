@@ -1,8 +1,12 @@
-"""One typed config object: the graph's context schema.
+"""The operator's settings: one typed config object.
 
-Every field defaults to its `LLMI_<NAME>` environment variable when set, else to the value below, so
-`Config()`, a context dict sent to `langgraph dev`, and the CLI all see the same settings. Secrets are
-never fields: the config names the environment variable that holds them.
+Backends, URLs, the names of key variables, model paths, sandbox switches, folders and caps are *operator
+settings*. They come only from the environment (every field defaults to its `LLMI_<NAME>` variable), the CLI,
+or the code of an app that embeds llmi (`build_graph(config=...)`, or a `Config` object passed in-process
+as the run's context). A request (the graph's input, `llmi_graph.state.Request`) cannot change them: a
+LangGraph API client can only send JSON, and a JSON context is never read as a `Config`.
+
+Secrets are never fields: the config names the environment variable that holds them.
 """
 
 from __future__ import annotations
@@ -62,10 +66,20 @@ class Config:
     adapter: str | None = _setting(
         "adapter", None, "A LoRA adapter folder for the embedded policy (what rl/train.py saves)."
     )
-    max_tokens: int = _setting("max_tokens", 768, "Most tokens the policy may write.")
-    temperature: float = _setting("temperature", 0.7, "Sampling temperature (0: greedy).")
-    top_p: float = _setting("top_p", 0.95, "Nucleus sampling mass.")
-    seed: int | None = _setting("seed", None, "Sampling seed, for repeatable drafts.", kind=int)
+    # Defaults for what a request may set, and the operator's caps on it.
+    max_tokens: int = _setting("max_tokens", 768, "Most tokens the policy may write, unless the request says.")
+    max_tokens_limit: int = _setting(
+        "max_tokens_limit", 4096, "The most max_tokens a request may ask for (raised to max_tokens if lower)."
+    )
+    temperature: float = _setting("temperature", 0.7, "Sampling temperature (0: greedy), unless the request says.")
+    top_p: float = _setting("top_p", 0.95, "Nucleus sampling mass, unless the request says.")
+    seed: int | None = _setting(
+        "seed", None, "Sampling seed, for repeatable drafts, unless the request says.", kind=int
+    )
+    max_input_images: int = _setting("max_input_images", 8, "The most input images one request may carry.")
+    input_image_max_mb: float = _setting(
+        "input_image_max_mb", 20.0, "The largest input image (decoded) a request may carry."
+    )
     policy_timeout_s: float = _setting("policy_timeout_s", 900.0, "Wall limit for one policy call.")
 
     # The tools.
@@ -74,7 +88,11 @@ class Config:
         "tool_attempts", 3, "Attempts per tool call on transient errors (timeouts, 429, 5xx)."
     )
     code_timeout_s: float = _setting("code_timeout_s", 30.0, "Wall limit for one run of model-written code.")
-    code_memory_mb: int = _setting("code_memory_mb", 2048, "Address-space limit for model-written code.")
+    code_memory_mb: int = _setting("code_memory_mb", 2048, "Address-space limit of each process of model code.")
+    code_total_memory_mb: int | None = _setting(
+        "code_total_memory_mb", None, "Memory for all processes of one code run (default: code_memory_mb).", kind=int
+    )
+    code_disk_mb: int = _setting("code_disk_mb", 64, "Everything one code run may write (a private tmpfs).")
     code_concurrency: int = _setting("code_concurrency", 2, "Code runs at once.")
     allow_unsandboxed_code: bool = _setting(
         "allow_unsandboxed_code",
@@ -141,6 +159,9 @@ class Config:
     )
     image_dir: str | None = _setting("image_dir", None, "Content-addressed image store (default: <cache_dir>/images).")
 
+    def __post_init__(self) -> None:
+        self.max_tokens_limit = max(self.max_tokens_limit, self.max_tokens)
+
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:
         """The environment's config with explicit overrides applied (None values are ignored)."""
@@ -162,10 +183,8 @@ class Config:
         return os.environ.get(self.policy_api_key_env) or os.environ.get("OPENAI_API_KEY")
 
 
-def resolve(context: Config | dict[str, Any] | None) -> Config:
-    """The config a node should use: the run's context, else the environment's."""
-    if isinstance(context, Config):
-        return context
-    if isinstance(context, dict):
-        return Config(**context)
-    return Config()
+def resolve(context: Any, default: Config) -> Config:
+    """The operator config a node should use: a `Config` object that embedding code passed as the run's
+    context, else the graph's own. Anything else (a JSON context from a LangGraph API client) is ignored: a
+    request never chooses operator settings."""
+    return context if isinstance(context, Config) else default

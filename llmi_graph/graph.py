@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -25,15 +27,17 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command, Overwrite, Send
 
-from llmi_graph._run import RunContext, close_run, get_run, open_run
-from llmi_graph.cache import ToolCache, cache_key, shared_cache
+from llmi_graph._run import ResultBoard, RunContext, close_run, open_run, release_run, runs_root
+from llmi_graph.cache import SharedCallCancelled, ToolCache, cache_key, shared_cache
 from llmi_graph.config import Config, resolve
 from llmi_graph.policy import Message, Policy, Sampling, policy_for
 from llmi_graph.prompts import build_messages, build_user_message
-from llmi_graph.state import Figure, ImageRef, ImageResult, State, ToolTask
+from llmi_graph.state import Figure, ImageRef, ImageResult, Output, Request, State, ToolTask
 from llmi_graph.store import ImageStore, InvalidImageError, decode_image_input
 from llmi_graph.tags import SOURCES, TextSegment, ToolCall, parse_tags
-from llmi_graph.toolbox import Toolbox, execute_call, failed, tool_metrics
+from llmi_graph.toolbox import Toolbox, execute_call, failed, tool_metrics, toolbox_for
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class PolicyError(RuntimeError):
@@ -49,23 +53,42 @@ def image_store(cfg: Config) -> ImageStore:
 
 
 class _Nodes:
-    def __init__(self, policy: Policy | None, toolbox: Toolbox | Callable[[Config], Toolbox] | None):
+    def __init__(self, policy: Policy | None, toolbox: Toolbox | None, config: Config):
         self.policy = policy
         self.toolbox = toolbox
+        self.config = config
+
+    def _config(self, runtime: Runtime[Any]) -> Config:
+        return resolve(runtime.context, self.config)
 
     def _toolbox(self, cfg: Config) -> Toolbox:
-        if isinstance(self.toolbox, Toolbox):
-            return self.toolbox
-        return (self.toolbox or Toolbox.from_config)(cfg)
+        return self.toolbox if self.toolbox is not None else toolbox_for(cfg)
+
+    def _run(self, run_key: str, cfg: Config, runtime: Runtime[Any]) -> RunContext:
+        """This process's context for a run (made here if the run was resumed in a new process). With a
+        checkpointer, the run's results are also kept on disk until it finishes, for a resume elsewhere."""
+
+        def make() -> RunContext:
+            info = runtime.execution_info
+            durable = info is not None and info.thread_id is not None
+            directory = runs_root(cfg.cache_path) / run_key if durable else None
+            cache = shared_cache(cfg.cache_path / "tool-cache") if cfg.tool_cache else ToolCache()
+            return RunContext(self._toolbox(cfg), cache, ResultBoard(directory), directory)
+
+        return open_run(run_key, make)
 
     # --- planner ---------------------------------------------------------------------------------------
 
-    async def planner(self, state: State, runtime: Runtime[Config]) -> dict[str, Any]:
-        cfg = resolve(runtime.context)
+    async def planner(self, state: State, runtime: Runtime[Any]) -> dict[str, Any]:
+        cfg = self._config(runtime)
         started = time.time()
         emit = get_stream_writer()
+        sampling = _sampling(state, cfg)
+        if len(state.images) > cfg.max_input_images:
+            raise InputError(f"{len(state.images)} input images is over this server's limit of {cfg.max_input_images}")
         store = image_store(cfg)
-        refs = [await asyncio.to_thread(_ingest, store, v, i) for i, v in enumerate(state.images)]
+        max_bytes = int(cfg.input_image_max_mb * 1024 * 1024)
+        refs = [await asyncio.to_thread(_ingest, store, v, i, max_bytes) for i, v in enumerate(state.images)]
         tools = [t for t in self._toolbox(cfg).available() if state.allowed_tools is None or t in state.allowed_tools]
         content = await asyncio.to_thread(_user_content, state.prompt, refs, store, cfg.policy_vision)
         messages: list[Message] = build_messages(content, tools, state.image_num)
@@ -77,19 +100,20 @@ class _Nodes:
         emit({"event": "planner", "status": "writing"})
         on_token = _token_reporter(emit)
         try:
-            output = await asyncio.wait_for(
-                policy.generate(messages, Sampling.from_config(cfg), on_token), timeout=cfg.policy_timeout_s
-            )
+            output = await asyncio.wait_for(policy.generate(messages, sampling, on_token), timeout=cfg.policy_timeout_s)
         except TimeoutError as exc:
             raise PolicyError(f"the policy gave no draft within {cfg.policy_timeout_s:g} s") from exc
         except Exception as exc:
             where = f" at {cfg.policy_url}" if cfg.policy_url and self.policy is None else ""
             raise PolicyError(f"the policy{where} failed: {type(exc).__name__}: {exc}") from exc
+        # Lone surrogates (an endpoint's broken escapes) cannot be written as UTF-8: make them U+FFFD.
+        text = _SURROGATE.sub("\ufffd", output.text)
+        output = output.model_copy(update={"text": text, "sampling": dataclasses.asdict(sampling)})
         emit({"event": "planner", "status": "done", "tokens": len(output.completion_token_ids or [])})
         return {
             "input_images": refs,
             "system_prompt": messages[0]["content"],
-            "draft": output.text,
+            "draft": text,
             "policy": output,
             # A new run on a thread that already holds one: start its results and timings afresh.
             "results": Overwrite([]),
@@ -98,58 +122,50 @@ class _Nodes:
 
     # --- parse -----------------------------------------------------------------------------------------
 
-    async def parse(self, state: State, runtime: Runtime[Config]) -> Command[Any]:
-        cfg = resolve(runtime.context)
+    async def parse(self, state: State, runtime: Runtime[Any]) -> Command[Any]:
+        cfg = self._config(runtime)
         parsed = parse_tags(state.draft, num_input_images=len(state.input_images))
         run_key = uuid.uuid4().hex
-        cache = shared_cache(cfg.cache_path / "tool-cache") if cfg.tool_cache else ToolCache()
-        context = open_run(
-            run_key,
-            RunContext(toolbox=self._toolbox(cfg), cache=cache, owns_toolbox=not isinstance(self.toolbox, Toolbox)),
-        )
-        board = context.board
+        context = self._run(run_key, cfg, runtime)
         emit = get_stream_writer()
         invalid: list[ImageResult] = []
         sends: list[Send] = []
-        depth: dict[int, int] = {}
-        for call in parsed.calls:
-            emit(
-                {
-                    "event": "tool",
-                    "index": call.index,
-                    "source": call.source,
-                    "status": "queued",
-                    "description": call.description,
-                }
-            )
-            if not call.valid:
-                result = failed(call, f"invalid tag: {call.error}")
-                board.publish(result)
-                invalid.append(result)
-                emit(_tool_event(result))
-                continue
-            dep = call.depends_on
-            depth[call.index] = 1 + (depth.get(dep, 0) if dep is not None else 0)
-            refusal = None
-            if state.allowed_tools is not None and call.source not in state.allowed_tools:
-                refusal = (
-                    f"the {call.source} tool is not allowed for this request (allowed: "
-                    + (", ".join(state.allowed_tools) or "none")
-                    + ")"
+        # How long an edit may wait for its source once that source has started (queueing does not count).
+        budget = cfg.tool_timeout_s * max(1, cfg.tool_attempts) + 8.0 * max(0, cfg.tool_attempts - 1) + 30.0
+        try:
+            for call in parsed.calls:
+                emit(
+                    {
+                        "event": "tool",
+                        "index": call.index,
+                        "source": call.source,
+                        "status": "queued",
+                        "description": call.description,
+                    }
                 )
-            per_call = cfg.tool_timeout_s * max(1, cfg.tool_attempts) + 30.0
-            sends.append(
-                Send(
-                    call.source,
-                    ToolTask(
-                        call=call,
-                        run_key=run_key,
-                        input_images=state.input_images,
-                        refusal=refusal,
-                        wait_timeout_s=per_call * depth[call.index],
-                    ),
+                if not call.valid:
+                    result = failed(call, f"invalid tag: {call.error}")
+                    await context.board.publish(result)
+                    invalid.append(result)
+                    emit(_tool_event(result))
+                    continue
+                refusal = None
+                if state.allowed_tools is not None and call.source not in state.allowed_tools:
+                    refusal = (
+                        f"the {call.source} tool is not allowed for this request (allowed: "
+                        + (", ".join(state.allowed_tools) or "none")
+                        + ")"
+                    )
+                task = ToolTask(
+                    call=call,
+                    run_key=run_key,
+                    input_images=state.input_images,
+                    refusal=refusal,
+                    wait_timeout_s=budget,
                 )
-            )
+                sends.append(Send(call.source, task))
+        finally:
+            release_run(context)
         update = {
             "segments": parsed.segments,
             "calls": parsed.calls,
@@ -162,67 +178,73 @@ class _Nodes:
     # --- tools -----------------------------------------------------------------------------------------
 
     def tool_node(self, source: str) -> Callable[..., Any]:
-        async def node(task: ToolTask, runtime: Runtime[Config]) -> dict[str, Any]:
-            cfg = resolve(runtime.context)
+        async def node(task: ToolTask, runtime: Runtime[Any]) -> dict[str, Any]:
+            cfg = self._config(runtime)
             emit = get_stream_writer()
             emit({"event": "tool", "index": task.call.index, "source": source, "status": "running"})
-            context = get_run(task.run_key)
+            context = self._run(task.run_key, cfg, runtime)
             try:
-                result = await self._run_tool(task, cfg, context)
-            except asyncio.CancelledError:
-                if context is not None:
-                    context.board.publish(failed(task.call, "cancelled"))
-                raise
-            except Exception as exc:  # a bug here must not sink the document
-                result = failed(task.call, f"internal error: {type(exc).__name__}: {exc}")
-            if context is not None:
-                context.board.publish(result)
+                try:
+                    result = await self._run_tool(task, cfg, context)
+                except SharedCallCancelled:
+                    result = failed(task.call, "cancelled: the identical call this one shared was cancelled")
+                except asyncio.CancelledError:
+                    raise  # the run is being cancelled; a resume runs this call again
+                except Exception as exc:  # a bug here must not sink the document
+                    result = failed(task.call, f"internal error: {type(exc).__name__}: {exc}")
+                await context.board.publish(result)
+            finally:
+                release_run(context)
             emit(_tool_event(result))
             return {"results": [result]}
 
         node.__name__ = f"{source}_node"
         return node
 
-    async def _run_tool(self, task: ToolTask, cfg: Config, context: RunContext | None) -> ImageResult:
+    async def _run_tool(self, task: ToolTask, cfg: Config, context: RunContext) -> ImageResult:
         call = task.call
         assert call.source is not None
         if task.refusal:
             return failed(call, task.refusal)
-        toolbox = context.toolbox if context is not None else self._toolbox(cfg)
-        backend = toolbox.backend(call.source)
+        backend = context.backend(call.source)
         if backend is None:
-            return failed(call, toolbox.missing_reason(call.source))
+            return failed(call, context.toolbox.missing_reason(call.source))
         store = image_store(cfg)
         inputs: list[bytes] = []
         dep = call.depends_on
         if dep is not None:
             if dep < len(task.input_images):
-                inputs = [await asyncio.to_thread(store.get, task.input_images[dep])]
+                source_image = task.input_images[dep]
             else:
-                if context is None:
-                    return failed(
-                        call,
-                        f"dependency failed: the result of image {dep} is not available "
-                        "(was the run resumed in another process?)",
-                    )
                 try:
-                    source = await context.board.wait(dep, timeout=task.wait_timeout_s)
+                    source = await context.board.wait(dep, budget_s=task.wait_timeout_s)
                 except TimeoutError:
-                    return failed(call, f"dependency failed: image {dep} did not finish in time")
+                    return failed(
+                        call, f"dependency failed: image {dep} started but did not finish in {task.wait_timeout_s:g} s"
+                    )
                 if source.status != "ok" or source.image is None:
                     what = source.source or "invalid tag"
                     return failed(call, f"dependency failed: image {dep} ({what}) failed: {source.error}")
-                inputs = [await asyncio.to_thread(store.get, source.image)]
+                source_image = source.image
+            try:
+                inputs = [await asyncio.to_thread(store.get, source_image)]
+            except (InvalidImageError, OSError) as exc:
+                return failed(call, f"dependency failed: image {dep} is not readable from the image store ({exc})")
 
         async def execute() -> ImageResult:
             return await execute_call(
-                call, backend, inputs, store=store, cfg=cfg, concurrency=toolbox.concurrency.get(call.source)
+                call,
+                backend,
+                inputs,
+                store=store,
+                cfg=cfg,
+                concurrency=context.toolbox.concurrency.get(call.source),
+                on_start=lambda: context.board.mark_started(call.index),
             )
 
-        cache = context.cache if context is not None else ToolCache()
         backend_id = str(getattr(backend, "cache_id", None) or getattr(backend, "name", type(backend).__name__))
         started = time.perf_counter()
-        result, hit = await cache.run(cache_key(call.source, backend_id, call.params, inputs), execute)
+        result, hit = await context.cache.run(cache_key(call.source, backend_id, call.params, inputs), execute)
         if hit:  # the stored or shared result belongs to another slot: make it this one's
             result = result.model_copy(
                 update={
@@ -236,7 +258,7 @@ class _Nodes:
 
     # --- assemble --------------------------------------------------------------------------------------
 
-    async def assemble(self, state: State, runtime: Runtime[Config]) -> dict[str, Any]:
+    async def assemble(self, state: State, runtime: Runtime[Any]) -> dict[str, Any]:
         results = {r.index: r for r in state.results}
         calls = {c.index: c for c in state.calls}
         document: list[TextSegment | Figure] = []
@@ -296,9 +318,26 @@ def _token_reporter(emit: Callable[[Any], None]) -> Callable[[int], None]:
     return report
 
 
-def _ingest(store: ImageStore, value: str, position: int) -> ImageRef:
+def _sampling(state: State, cfg: Config) -> Sampling:
+    """The request's sampling within the operator's caps, the operator's defaults where it says nothing."""
+    if state.max_tokens is not None and state.max_tokens > cfg.max_tokens_limit:
+        raise InputError(f"max_tokens {state.max_tokens} is over this server's limit of {cfg.max_tokens_limit}")
+    return Sampling(
+        max_tokens=state.max_tokens if state.max_tokens is not None else cfg.max_tokens,
+        temperature=state.temperature if state.temperature is not None else cfg.temperature,
+        top_p=state.top_p if state.top_p is not None else cfg.top_p,
+        seed=state.seed if state.seed is not None else cfg.seed,
+    )
+
+
+def _ingest(store: ImageStore, value: str, position: int, max_bytes: int) -> ImageRef:
     try:
-        return store.put(decode_image_input(value))
+        data = decode_image_input(value)
+        if len(data) > max_bytes:
+            raise InvalidImageError(
+                f"{len(data):,} bytes is over this server's limit of {max_bytes:,} bytes (input_image_max_mb)"
+            )
+        return store.put(data)
     except (InvalidImageError, OSError) as exc:
         raise InputError(f"input image {position} is unusable: {exc}") from exc
 
@@ -316,20 +355,25 @@ def _user_content(prompt: str, refs: list[ImageRef], store: ImageStore, vision: 
 
 def build_graph(
     policy: Policy | None = None,
-    toolbox: Toolbox | Callable[[Config], Toolbox] | None = None,
+    toolbox: Toolbox | None = None,
     *,
+    config: Config | None = None,
     checkpointer: Any = None,
 ) -> CompiledStateGraph:
     """Build the llmi graph.
 
-    `policy` and `toolbox` default to what the run's `Config` describes (an OpenAI-compatible endpoint or
-    the embedded model; the configured tool backends). Pass your own to embed llmi in an app:
+    The input is a `Request` (what a caller may choose: prompt, input images as data, image_num, tools,
+    sampling); the output is an `Output` (the document, calls, results, timings, token data). Operator settings
+    come from `config` (default: the environment when the graph is built); embedding code may also pass a
+    `Config` object as a run's context. A JSON context (all a LangGraph API client can send) is ignored.
+    `policy` and `toolbox` default to what the config describes (an OpenAI-compatible endpoint or the embedded
+    model; the configured tool backends, built once per process). Pass your own to embed llmi in an app:
 
-        graph = build_graph(policy=ChatModelPolicy(my_chat_model))
-        state = await graph.ainvoke({"prompt": "A guide to composting"}, context=Config(max_tokens=1024))
+        graph = build_graph(policy=ChatModelPolicy(my_chat_model), config=Config(max_tokens=1024))
+        state = await graph.ainvoke({"prompt": "A guide to composting", "temperature": 0.2})
     """
-    nodes = _Nodes(policy, toolbox)
-    builder = StateGraph(State, context_schema=Config)
+    nodes = _Nodes(policy, toolbox, config or Config())
+    builder = StateGraph(State, input_schema=Request, output_schema=Output)
     builder.add_node("planner", nodes.planner)
     builder.add_node("parse", nodes.parse, destinations=(*SOURCES, "assemble"))
     for source in SOURCES:
@@ -342,5 +386,6 @@ def build_graph(
     return builder.compile(checkpointer=checkpointer, name="llmi")
 
 
-graph = build_graph()
-"""The graph `langgraph.json` exports (compiled without a checkpointer; the server brings its own)."""
+graph = build_graph(config=Config())
+"""The graph `langgraph.json` exports: operator settings from the server's environment, compiled without a
+checkpointer (the server brings its own)."""

@@ -1,29 +1,41 @@
 """Writing a finished run: a self-contained HTML report, Markdown with an images folder, and trajectory.json.
 
-Model text is untrusted: Markdown is rendered with raw HTML disabled, the result is sanitised with nh3,
-and the page's Content-Security-Policy forbids scripts and remote loads. Everything is written to a
-staging folder first and moved into place at the end, so a failure leaves nothing half-written.
+Model text is untrusted. In report.html its Markdown is rendered with raw HTML disabled, the result is
+sanitised with nh3, and the page's Content-Security-Policy forbids scripts and remote loads. In report.md the
+same text keeps its Markdown, but raw HTML, images and links that are not http(s) or mailto are made literal
+text (`markdown_text`), so a Markdown viewer shows them instead of running or fetching them.
+
+A report never replaces or deletes files llmi did not write: `write_report` takes a new or empty folder only.
+Everything is written to a staging folder first and moved into place at the end, so a failure leaves the
+folder as it was.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import html
 import json
 import os
+import re
+import secrets
 import shutil
-import tempfile
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import nh3
-from markdown_it import MarkdownIt
+from markdown_it import MarkdownIt, rules_inline
+from markdown_it.rules_inline import StateInline
+from markdown_it.token import Token
 
 from llmi_graph.config import Config
 from llmi_graph.state import Figure, ImageRef, ImageResult, PolicyOutput, State
 from llmi_graph.store import ImageStore
-from llmi_graph.tags import ImageSlot, TextSegment, ToolCall
+from llmi_graph.tags import SOURCES, ImageSlot, TextSegment, ToolCall
 
 TRAJECTORY_VERSION = 1
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
@@ -62,8 +74,10 @@ def render_text_html(text: str) -> str:
 
 
 def image_filename(figure: Figure) -> str:
+    """The figure's file name in the report's images/ folder, e.g. 00-code.png."""
     assert figure.image is not None
-    return f"{figure.index:02d}-{figure.source or 'image'}.{_EXT.get(figure.image.mime, 'png')}"
+    source = figure.source if figure.source in SOURCES else "image"  # a loaded trajectory may say anything
+    return f"{figure.index:02d}-{source}.{_EXT.get(figure.image.mime, 'png')}"
 
 
 def render_html(state: State, store: ImageStore) -> str:
@@ -101,20 +115,187 @@ def render_html(state: State, store: ImageStore) -> str:
 
 
 def render_markdown(state: State) -> str:
-    """The report as Markdown; images are referenced as images/NN-source.ext."""
+    """The report as Markdown; images are referenced as images/NN-source.ext.
+
+    Model text keeps its Markdown but loses raw HTML, images and script links (`markdown_text`), like the
+    HTML report; captions and failure reasons are always literal text.
+    """
+    nonce = secrets.token_hex(8)
     parts: list[str] = []
+    figures: dict[str, str] = {}
     for item in state.document:
         if isinstance(item, TextSegment):
-            parts.append(item.text)
-        elif item.status == "ok" and item.image is not None:
-            alt = (item.description or "").replace("]", "\\]").replace("\n", " ")
-            parts.append(f"\n\n![{alt}](images/{image_filename(item)})\n\n")
+            parts.append(_close_open_fence(item.text))
+            continue
+        # A placeholder while the model text is checked as one document (link references cross segments).
+        key = f"llmi-figure-{nonce}-{len(figures)}"
+        if item.status == "ok" and item.image is not None:
+            figures[key] = f"![{_md_literal(item.description or '')}](images/{image_filename(item)})"
         else:
-            reason = (item.error or "unknown error").replace("\n", " ")
-            parts.append(
-                f"\n\n> **Image {item.index} ({item.source or 'invalid tag'}) could not be made:** {reason}\n\n"
-            )
-    return "".join(parts).strip() + "\n"
+            source = _md_literal(item.source or "invalid tag")
+            reason = _md_literal(item.error or "unknown error")
+            figures[key] = f"> **Image {item.index} ({source}) could not be made:** {reason}"
+        parts.append(f"\n\n{key}\n\n")
+    text = markdown_text("".join(parts))
+    for key, figure in figures.items():
+        text = text.replace(key, figure, 1)
+    return text.strip() + "\n"
+
+
+# --- Model Markdown for report.md ---------------------------------------------------------------------------
+# Many Markdown viewers render inline HTML and fetch images, so the model's raw HTML, images and links with
+# other schemes than http(s)/mailto are turned into literal text, the rest of its Markdown is left exactly as
+# written. What is HTML, an image or a link is decided by markdown-it's own parse (CommonMark, with and
+# without GFM tables), not by patterns: every such construct is escaped where it starts, the text is parsed
+# again, until a parse finds none. Text that cannot be checked that way becomes one literal code block.
+
+_SAFE_SCHEMES = {"http", "https", "mailto"}
+_ESCAPES = {"<": "&lt;", "!": "\\!", "[": "\\["}  # an entity for "<": some dialects do not take \<
+_MD_LITERAL = str.maketrans({"&": "&amp;", "<": "&lt;", **{c: "\\" + c for c in "\\`*_[]!"}})
+_MAX_ROUNDS = 8
+
+
+def markdown_text(text: str) -> str:
+    """Model Markdown made safe to view: raw HTML, images and non-web links become literal text.
+
+    Legitimate Markdown (headings, lists, emphasis, tables, links, code spans and fenced code, with `<`
+    inside them) comes back unchanged. For example `Hi <b>x</b> ![t](https://e/p.png)` becomes
+    `Hi &lt;b>x&lt;/b> \\![t](https://e/p.png)`: the tags show as text and the image as a plain link.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd")  # as markdown-it sees it
+    checked = text
+    for _ in range(_MAX_ROUNDS):
+        spots = _unsafe_spots(checked)
+        if spots is None:
+            break
+        if not spots:
+            return checked
+        for pos in sorted(spots, reverse=True):
+            checked = checked[:pos] + _ESCAPES[checked[pos]] + checked[pos + 1 :]
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    body = text if text.endswith("\n") else text + "\n"
+    return f"{fence}text\n{body}{fence}\n"  # cannot be checked (nested too deep): show it all literally
+
+
+def _md_literal(text: str) -> str:
+    """Plain text as Markdown that shows exactly that text, on one line (for captions and reasons)."""
+    return " ".join(text.split()).translate(_MD_LITERAL)
+
+
+def _close_open_fence(text: str) -> str:
+    """Close a fenced code block left open at the end of a text segment, so it cannot swallow the next
+    figure and segment (the HTML report renders each segment on its own)."""
+    try:
+        tokens = _CHECKERS[0].parse(text)
+    except RecursionError:
+        return text  # markdown_text shows such text literally anyway
+    last = tokens[-1] if tokens else None
+    if last is None or last.type != "fence" or last.level != 0 or last.map is None:
+        return text
+    closing = text.replace("\r\n", "\n").split("\n")[last.map[1] - 1].strip()
+    if last.map[1] - last.map[0] > 1 and closing.startswith(last.markup) and set(closing) == {last.markup[0]}:
+        return text
+    return text + ("" if text.endswith("\n") else "\n") + last.markup + "\n"
+
+
+def _remember_start(rule: Callable[[StateInline, bool], bool]) -> Callable[[StateInline, bool], bool]:
+    """An inline rule whose tokens record where they start in their block's inline source."""
+
+    def tracked(state: StateInline, silent: bool) -> bool:
+        start, count = state.pos, len(state.tokens)
+        if not rule(state, silent):
+            return False
+        for token in state.tokens[count:]:
+            token.meta.setdefault("start", start)  # the innermost rule's start wins for nested tokens
+        return True
+
+    return tracked
+
+
+def _checker(tables: bool) -> MarkdownIt:
+    md = MarkdownIt("commonmark", {"html": True})
+    if tables:
+        md.enable("table")
+    md.validateLink = lambda url: True  # type: ignore[method-assign]  # see every link; _safe_href judges
+    for name, rule in (("link", rules_inline.link), ("image", rules_inline.image),
+                       ("autolink", rules_inline.autolink), ("html_inline", rules_inline.html_inline)):  # fmt: skip
+        md.inline.ruler.at(name, _remember_start(rule))
+    return md
+
+
+# A viewer with GFM tables splits a row into cells before it finds code spans; one without does not.
+_CHECKERS = (_checker(tables=False), _checker(tables=True))
+
+
+def _safe_href(href: str) -> bool:
+    """Whether a link target is http(s), mailto or relative, read the way a browser reads it."""
+    url = re.sub(r"[\t\n\r]", "", unquote(href)).strip("".join(map(chr, range(33))))
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", url)
+    return scheme is None or scheme.group(1).lower() in _SAFE_SCHEMES
+
+
+def _unsafe_char(token: Token) -> str | None:
+    """The character where an unsafe inline construct starts ("<", "!" or "["), or None if it is safe."""
+    if token.type == "html_inline":
+        return "<"
+    if token.type == "image":
+        return "!"
+    if token.type == "link_open" and not _safe_href(str(token.attrGet("href") or "")):
+        return "<" if token.markup == "autolink" else "["
+    return None
+
+
+def _unsafe_spots(text: str) -> set[int] | None:
+    """Offsets in `text` of the "<", "!" and "[" that start raw HTML, images or unsafe links in any checker's
+    parse; None when the parse cannot be trusted to have seen everything (nesting past markdown-it's limit)."""
+    lines = text.split("\n")
+    line_starts = [0]
+    for line in lines:
+        line_starts.append(line_starts[-1] + len(line) + 1)
+
+    def nth(block: list[int], char: str, n: int) -> int | None:
+        # Container markers, indentation, heading marks and table pipes never hold "<", "!" or "[", so the
+        # n-th such character of a block's inline source is the n-th one of its lines.
+        begin, end = line_starts[block[0]], line_starts[block[1]] - 1
+        pos = begin - 1
+        for _ in range(n + 1):
+            pos = text.find(char, pos + 1, end)
+            if pos < 0:
+                return None
+        return pos
+
+    spots: set[int] = set()
+    for md in _CHECKERS:
+        try:
+            tokens = md.parse(text)
+        except RecursionError:
+            return None
+        limit = md.options["maxNesting"] - 1
+        before: dict[tuple[int, int], Counter[str]] = {}  # table cells share their row's lines
+        for token in tokens:
+            if token.level >= limit or any(c.level >= limit for c in token.children or []):
+                return None
+            if token.map is None:
+                continue
+            if token.type == "html_block":
+                found = [nth(token.map, "<", 0)]
+            elif token.type == "inline":
+                seen = before.setdefault((token.map[0], token.map[1]), Counter())
+                found = []
+                for child in token.children or []:
+                    char = _unsafe_char(child)
+                    if char is not None:
+                        start = child.meta.get("start", -1)
+                        if token.content[start : start + 1] != char:
+                            return None
+                        found.append(nth(token.map, char, seen[char] + token.content.count(char, 0, start)))
+                seen.update(c for c in token.content if c in _ESCAPES)
+            else:
+                continue
+            if None in found:
+                return None
+            spots.update(p for p in found if p is not None)
+    return spots
 
 
 def trajectory(state: State, cfg: Config | None = None, image_paths: dict[int, str] | None = None) -> dict[str, Any]:
@@ -173,8 +354,12 @@ def trajectory(state: State, cfg: Config | None = None, image_paths: dict[int, s
 
 
 def load_state(path: str | os.PathLike[str]) -> State:
-    """Rebuild a finished State from a trajectory.json (or the folder holding one), e.g. to score it later."""
-    path = Path(path)
+    """Rebuild a finished State from a trajectory.json (or the folder holding one), e.g. to score it later.
+
+    Image paths are taken as written (relative ones from the trajectory's folder) and not trusted: whoever
+    reads an image checks where it is and its hash (see `judges.mllm.read_image`).
+    """
+    path = Path(path).absolute()
     if path.is_dir():
         path = path / "trajectory.json"
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -225,10 +410,18 @@ def _title(state: State) -> str:
 
 
 def write_report(state: State, out_dir: Path, store: ImageStore, cfg: Config | None = None) -> ReportPaths:
-    """Write report.html, report.md, images/ and trajectory.json into `out_dir`, all or nothing."""
-    out_dir = out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".llmi-staging-"))
+    """Write report.html, report.md, images/ and trajectory.json into `out_dir`, all or nothing.
+
+    `out_dir` must be new or an empty folder (else `FileExistsError`): a report never replaces or deletes
+    files llmi did not write. A new folder is staged beside it and appears whole, by one rename. In an
+    existing empty folder each entry is moved in only where nothing exists yet, and all are taken back out
+    if one fails. Either way a failure leaves `out_dir` as it was.
+    """
+    out_dir = Path(out_dir).resolve()
+    existing = _is_empty_folder(out_dir)
+    if not existing:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = _new_folder(out_dir if existing else out_dir.parent)
     try:
         images = staging / "images"
         images.mkdir()
@@ -242,12 +435,15 @@ def write_report(state: State, out_dir: Path, store: ImageStore, cfg: Config | N
         (staging / "report.md").write_text(render_markdown(state), encoding="utf-8")
         data = trajectory(state, cfg, image_paths)
         (staging / "trajectory.json").write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-        # Move into place: files replace their old versions; the images folder is swapped whole.
-        if (out_dir / "images").exists():
-            shutil.rmtree(out_dir / "images")
-        os.replace(images, out_dir / "images")
-        for name in ("report.md", "trajectory.json", "report.html"):
-            os.replace(staging / name, out_dir / name)
+        try:
+            if existing:
+                _move_into(staging, out_dir, ("images", "report.md", "trajectory.json", "report.html"))
+            else:
+                os.rename(staging, out_dir)  # fails if a folder with anything in it appeared meanwhile
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise FileExistsError(_not_empty(out_dir)) from None
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ReportPaths(
@@ -257,3 +453,48 @@ def write_report(state: State, out_dir: Path, store: ImageStore, cfg: Config | N
         trajectory=out_dir / "trajectory.json",
         images=out_dir / "images",
     )
+
+
+def _not_empty(folder: Path) -> str:
+    return f"{folder} is not empty: pick a new folder (llmi never overwrites files it did not write)"
+
+
+def _is_empty_folder(path: Path) -> bool:
+    """True for an empty folder, False when nothing is there; raises if something else is there."""
+    if not os.path.lexists(path):
+        return False
+    if not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder")
+    if any(path.iterdir()):
+        raise FileExistsError(_not_empty(path))
+    return True
+
+
+def _new_folder(parent: Path) -> Path:
+    """A staging folder in `parent`, made with the usual permissions (it may become the report folder)."""
+    folder = parent / f".llmi-staging-{secrets.token_hex(6)}"
+    folder.mkdir()
+    return folder
+
+
+def _move_into(staging: Path, out_dir: Path, names: tuple[str, ...]) -> None:
+    """Move staged entries into `out_dir`, never replacing anything; on failure take back what was moved."""
+    placed: list[Path] = []
+    try:
+        for name in names:
+            source, target = staging / name, out_dir / name
+            # Claim the name first (this fails if anything is there, even a file that appeared a moment ago),
+            # then rename onto our own claim.
+            if source.is_dir():
+                target.mkdir()
+            else:
+                target.touch(exist_ok=False)
+            placed.append(target)
+            os.replace(source, target)
+    except BaseException:
+        for target in reversed(placed):
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+        raise

@@ -9,7 +9,7 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmi_graph.tags import SOURCES, ImageSlot, TextSegment, ToolCall
 
@@ -54,6 +54,9 @@ class PolicyOutput(BaseModel):
     finish_reason: str | None = None
     latency_s: float = 0.0
     usage: dict[str, int] = Field(default_factory=dict)
+    sampling: dict[str, Any] = Field(
+        default_factory=dict, description="The sampling the draft was made with: max_tokens, temperature, top_p, seed."
+    )
 
 
 class Figure(BaseModel):
@@ -72,39 +75,50 @@ def _merge(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
     return {**left, **right}
 
 
-class State(BaseModel):
-    """Graph state. Callers set the request fields; the nodes fill in the rest."""
+MAX_INPUT_IMAGE_CHARS = 96 * 1024 * 1024
+"""A hard ceiling on one encoded input image (the operator's `input_image_max_mb` is usually far lower)."""
 
-    # The request.
+
+class Request(BaseModel):
+    """What a caller may choose for one run: the graph's input schema.
+
+    A request carries data, never a server path or an operator setting: input images are data: URLs or
+    base64, tools are a subset of the ones the operator enabled, and sampling stays within the operator's
+    caps (checked when the run starts). Backends, URLs, keys, folders and sandbox switches are operator
+    settings (`Config`), which only the environment, the CLI or embedding code can set.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
     prompt: str = Field(description="What the user asks for.")
     images: list[str] = Field(
-        default_factory=list, description="Input images: file paths, data: URLs or base64 strings."
+        default_factory=list,
+        description="Input images as data: URLs (data:image/png;base64,...) or base64 strings; never file paths.",
     )
     image_num: int = Field(
         default=0, description="Expected image count: -1 none, 0 no constraint, 99 at least one, N exactly N."
     )
-    allowed_tools: list[str] | None = Field(default=None, description="Tools this request may use (None: all).")
-
-    # Filled in by the graph.
-    input_images: list[ImageRef] = Field(default_factory=list)
-    system_prompt: str = ""
-    draft: str = ""
-    policy: PolicyOutput | None = None
-    segments: list[TextSegment | ImageSlot] = Field(default_factory=list)
-    calls: list[ToolCall] = Field(default_factory=list)
-    results: Annotated[list[ImageResult], operator.add] = Field(default_factory=list)
-    document: list[TextSegment | Figure] = Field(default_factory=list)
-    timings: Annotated[dict[str, float], _merge] = Field(default_factory=dict)
-    tool_metrics: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description="Per tool: calls, ok, failed, cache hits, attempts, latency."
+    allowed_tools: list[str] | None = Field(
+        default=None, description="Tools this request may use, a subset of the enabled ones (None: all enabled)."
     )
-    run_key: str = ""
+    max_tokens: int | None = Field(default=None, ge=1, description="Most tokens the policy may write (capped).")
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="Sampling temperature (0: greedy).")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int | None = Field(default=None, ge=0, lt=2**63, description="Sampling seed, for repeatable drafts.")
 
     @field_validator("prompt")
     @classmethod
     def _prompt_not_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("the prompt is empty: say what the document should be about")
+        return value
+
+    @field_validator("images")
+    @classmethod
+    def _image_data(cls, value: list[str]) -> list[str]:
+        for i, item in enumerate(value):
+            if len(item) > MAX_INPUT_IMAGE_CHARS:
+                raise ValueError(f"input image {i} is over {MAX_INPUT_IMAGE_CHARS // 2**20} MB of encoded data")
         return value
 
     @field_validator("image_num")
@@ -123,6 +137,44 @@ class State(BaseModel):
         return value
 
 
+class Output(BaseModel):
+    """What a run gives back: the graph's output schema (the document, calls, results, timings, token data)."""
+
+    prompt: str
+    image_num: int = 0
+    allowed_tools: list[str] | None = None
+    input_images: list[ImageRef] = Field(default_factory=list)
+    system_prompt: str = ""
+    draft: str = ""
+    policy: PolicyOutput | None = None
+    segments: list[TextSegment | ImageSlot] = Field(default_factory=list)
+    calls: list[ToolCall] = Field(default_factory=list)
+    results: list[ImageResult] = Field(default_factory=list)
+    document: list[TextSegment | Figure] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict)
+    tool_metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+
+class State(Request):
+    """Graph state: the request plus what the nodes fill in."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input_images: list[ImageRef] = Field(default_factory=list)
+    system_prompt: str = ""
+    draft: str = ""
+    policy: PolicyOutput | None = None
+    segments: list[TextSegment | ImageSlot] = Field(default_factory=list)
+    calls: list[ToolCall] = Field(default_factory=list)
+    results: Annotated[list[ImageResult], operator.add] = Field(default_factory=list)
+    document: list[TextSegment | Figure] = Field(default_factory=list)
+    timings: Annotated[dict[str, float], _merge] = Field(default_factory=dict)
+    tool_metrics: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Per tool: calls, ok, failed, cache hits, attempts, latency."
+    )
+    run_key: str = ""
+
+
 class ToolTask(BaseModel):
     """What the planner's fan-out sends to one tool node."""
 
@@ -130,4 +182,7 @@ class ToolTask(BaseModel):
     run_key: str
     input_images: list[ImageRef] = Field(default_factory=list)
     refusal: str | None = Field(default=None, description="Set when the request does not allow this tool.")
-    wait_timeout_s: float = Field(default=600.0, description="How long an edit may wait for its source image.")
+    wait_timeout_s: float = Field(
+        default=600.0,
+        description="How long an edit may wait for its source image once that has started (queueing not counted).",
+    )

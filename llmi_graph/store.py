@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import io
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -22,6 +25,7 @@ _MIME = {
     "GIF": "image/gif",
     "BMP": "image/bmp",
 }
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif", "image/bmp": "bmp"}
 
 
@@ -50,23 +54,35 @@ def inspect_image(data: bytes) -> tuple[str, int, int]:
 
 
 def decode_image_input(value: str) -> bytes:
-    """Bytes of an input image given as a file path, a data: URL or a base64 string."""
+    """Bytes of an input image sent as a data: URL or a base64 string (never a path: requests carry data).
+
+    Base64 may contain line breaks (MIME style) and may lack its padding.
+    """
     if value.startswith("data:"):
-        _, _, payload = value.partition(",")
+        header, sep, payload = value.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise InvalidImageError(f"{header[:60]!r}: a data: URL must be base64 (data:image/png;base64,...)")
         return _b64(payload)
-    path = Path(value).expanduser()
-    if len(value) < 4096 and path.is_file():
-        return path.read_bytes()
-    if len(value) > 256 and "/" not in value[:64]:
-        return _b64(value)
-    raise InvalidImageError(f"{value[:80]!r} is not an existing file, a data: URL or base64 image data")
+    return _b64(value)
+
+
+def data_url(data: bytes) -> str:
+    """Image bytes as a data: URL, the way a request carries an input image."""
+    mime, _, _ = inspect_image(data)
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def _b64(payload: str) -> bytes:
+    compact = "".join(payload.split())
+    if not compact:
+        raise InvalidImageError("empty image data: send a data: URL or base64 image bytes")
+    compact += "=" * (-len(compact) % 4)
     try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidImageError(f"invalid base64 image data ({exc})") from exc
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        looks_like_path = payload.lstrip().startswith(("/", "~", ".", "file:")) or "\\" in payload[:200]
+        hint = " (file paths are not accepted: send the image's bytes as a data: URL)" if looks_like_path else ""
+        raise InvalidImageError(f"not a data: URL or base64 image data{hint}") from None
 
 
 class ImageStore:
@@ -75,11 +91,20 @@ class ImageStore:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).expanduser()  # no IO here: async nodes build stores on the event loop
 
+    def path_for(self, sha256: str, mime: str) -> Path:
+        """Where the image with this hash lives in this store (computed, never taken from a reference)."""
+        if not _SHA256.fullmatch(sha256):
+            raise InvalidImageError(f"{sha256[:80]!r} is not a SHA-256 hex digest")
+        ext = _EXT.get(mime)
+        if ext is None:
+            raise InvalidImageError(f"unsupported image type {mime[:40]!r}")
+        return self.root.absolute() / sha256[:2] / f"{sha256}.{ext}"
+
     def put(self, data: bytes) -> ImageRef:
         """Store image bytes (validated) and return their reference."""
         mime, width, height = inspect_image(data)
         digest = hashlib.sha256(data).hexdigest()
-        path = self.root.absolute() / digest[:2] / f"{digest}.{_EXT[mime]}"
+        path = self.path_for(digest, mime)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -93,8 +118,19 @@ class ImageStore:
         return ImageRef(sha256=digest, path=str(path), mime=mime, width=width, height=height)
 
     def get(self, ref: ImageRef) -> bytes:
-        """The bytes of a stored image; checks they still match their hash."""
-        data = Path(ref.path).read_bytes()
+        """The bytes of a stored image, found by its hash in this store (`ref.path` is not trusted); checks
+        that they still match the hash. Raises `InvalidImageError` (or `FileNotFoundError`) otherwise."""
+        path = self.path_for(ref.sha256, ref.mime)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InvalidImageError(f"stored image {path} is a symlink") from None
+            raise
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise InvalidImageError(f"stored image {path} is not a regular file")
+            data = fh.read()
         if hashlib.sha256(data).hexdigest() != ref.sha256:
-            raise InvalidImageError(f"stored image {ref.path} no longer matches its hash")
+            raise InvalidImageError(f"stored image {path} no longer matches its hash")
         return data

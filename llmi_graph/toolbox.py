@@ -1,5 +1,10 @@
 """Which backend serves each tool, built from the config; and how one tool call is executed.
 
+A toolbox is built once per process for an operator configuration (`toolbox_for`): an in-process diffusers
+pipeline loads once, and an image-server pool keeps its least-busy and cool-down state across runs.
+`close_toolboxes()` releases them at shutdown. Per-run resources (an E2B sandbox) are not held here: a
+backend that needs them offers `for_run()`, and the run context makes and closes one per run.
+
 `execute_call` is where the guarantees live: a timeout per attempt, retries with backoff for transient
 errors only, a concurrency limit per backend, and every failure turned into a failed `ImageResult`
 with its reason, never an exception.
@@ -9,10 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
+import json
 import os
+import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,12 +75,48 @@ class Toolbox:
         return self.reasons.get(source) or f"no backend configured for the {source} tool"
 
     async def aclose(self) -> None:
-        """Release per-run resources (an E2B sandbox, HTTP clients)."""
+        """Release what the backends hold (HTTP clients of this event loop, sandboxes)."""
         for backend in self.backends.values():
             closer = getattr(backend, "aclose", None) or getattr(getattr(backend, "pool", None), "aclose", None)
             if closer is not None:
                 with contextlib.suppress(Exception):
                     await closer()
+
+
+_toolboxes: dict[str, Toolbox] = {}
+_toolboxes_lock = threading.Lock()
+
+
+def toolbox_for(cfg: Config) -> Toolbox:
+    """The process-wide toolbox for an operator configuration, built on first use (this may load models).
+
+    Keyed by every config field and by a hash of the key variables it names, so a changed setting or a
+    rotated key gets a new toolbox."""
+    key = _toolbox_key(cfg)
+    with _toolboxes_lock:
+        toolbox = _toolboxes.get(key)
+    if toolbox is not None:
+        return toolbox
+    built = Toolbox.from_config(cfg)
+    with _toolboxes_lock:
+        return _toolboxes.setdefault(key, built)
+
+
+async def close_toolboxes() -> None:
+    """Close every process-wide toolbox (at shutdown; a later run builds new ones)."""
+    with _toolboxes_lock:
+        toolboxes = list(_toolboxes.values())
+        _toolboxes.clear()
+    for toolbox in toolboxes:
+        await toolbox.aclose()
+
+
+def _toolbox_key(cfg: Config) -> str:
+    fields = dataclasses.asdict(cfg)
+    secrets = {name: v for name, v in fields.items() if name.endswith("_env") and isinstance(v, str)}
+    names = [*secrets.values(), "OPENAI_API_KEY"]
+    keyed = hashlib.sha256("\0".join(os.environ.get(n, "") for n in names).encode()).hexdigest()
+    return json.dumps({"config": fields, "keys": keyed}, sort_keys=True, default=str)
 
 
 class _Unconfigured(Exception):
@@ -181,7 +226,12 @@ def _code(cfg: Config) -> ImageBackend | None:
 
         return E2BSandbox(key, timeout_s=cfg.code_timeout_s)
     return LocalSandbox(
-        SandboxLimits(timeout_s=cfg.code_timeout_s, memory_mb=cfg.code_memory_mb),
+        SandboxLimits(
+            timeout_s=cfg.code_timeout_s,
+            memory_mb=cfg.code_memory_mb,
+            total_memory_mb=cfg.code_total_memory_mb,
+            disk_mb=cfg.code_disk_mb,
+        ),
         allow_unsandboxed=cfg.allow_unsandboxed_code,
         cache_dir=cfg.cache_path,
     )
@@ -235,8 +285,11 @@ async def execute_call(
     store: ImageStore,
     cfg: Config,
     concurrency: int | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> ImageResult:
-    """Run one valid call on its backend and store the image; never raises (but for cancellation)."""
+    """Run one valid call on its backend and store the image; never raises (but for cancellation).
+
+    `on_start` is called once the call holds its backend's concurrency slot, when its time starts to count."""
     assert call.source is not None
     name = getattr(backend, "name", type(backend).__name__)
     attempts = 0
@@ -255,6 +308,8 @@ async def execute_call(
 
     try:
         async with _limiter(name, concurrency) if concurrency else contextlib.nullcontext():
+            if on_start is not None:
+                on_start()
             retrying = AsyncRetrying(
                 stop=stop_after_attempt(max(1, cfg.tool_attempts)),
                 wait=wait_random_exponential(multiplier=0.5, max=8.0),

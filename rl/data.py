@@ -7,10 +7,12 @@ and optional `images` (input image paths, relative to the data file). JSONL or p
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmi_graph.store import data_url
 from llmi_graph.tags import SOURCES
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -28,8 +30,13 @@ class Row:
     images: tuple[str, ...]
 
     def request(self) -> dict[str, Any]:
-        """The graph input for this row."""
-        return {"prompt": self.prompt, "image_num": self.image_num, "images": list(self.images)}
+        """The graph input for this row (its image files read and sent as data: a request never carries paths)."""
+        return {"prompt": self.prompt, "image_num": self.image_num, "images": [_image_data(p) for p in self.images]}
+
+
+@functools.lru_cache(maxsize=256)
+def _image_data(path: str) -> str:
+    return data_url(Path(path).read_bytes())
 
 
 def prompt_text(prompt: Any) -> str:

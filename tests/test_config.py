@@ -23,13 +23,18 @@ def test_config_from_env(monkeypatch):
         Config.from_env()
 
 
-def test_env_defaults_apply_to_context_dicts(monkeypatch):
-    # langgraph dev builds the context from a JSON dict: env settings must still apply.
-    monkeypatch.setenv("LLMI_POLICY_URL", "http://127.0.0.1:8000/v1")
-    monkeypatch.setenv("LLMI_SEED", "5")
-    cfg = resolve({"max_tokens": 64})
-    assert cfg.policy_url == "http://127.0.0.1:8000/v1" and cfg.max_tokens == 64 and cfg.seed == 5
-    assert resolve(None).policy_url == "http://127.0.0.1:8000/v1"
+def test_a_json_context_never_sets_operator_settings():
+    # A LangGraph API client can only send JSON: a dict context is ignored, the graph's own config applies.
+    operator = Config(policy_url="http://127.0.0.1:8000/v1")
+    evil = {"policy_url": "http://attacker.example/v1", "policy_api_key_env": "AWS_SECRET_ACCESS_KEY"}
+    assert resolve(evil, operator) is operator
+    assert resolve(None, operator) is operator
+    embedded = Config(max_tokens=64)  # embedding code may pass a Config object in-process
+    assert resolve(embedded, operator) is embedded
+
+
+def test_max_tokens_limit_is_never_below_the_default():
+    assert Config(max_tokens=9000, max_tokens_limit=4096).max_tokens_limit == 9000
 
 
 def test_every_field_is_documented_in_the_readme():

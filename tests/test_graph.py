@@ -9,7 +9,7 @@ import time
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from llmi_graph import ChatModelPolicy, Config, State, Toolbox, build_graph
+from llmi_graph import ChatModelPolicy, Config, State, Toolbox, build_graph, data_url
 from llmi_graph.state import Figure
 from tests.fakes import FakeBackend, png
 
@@ -110,7 +110,7 @@ async def test_edit_of_an_input_image(cfg, tmp_path):
     source.write_bytes(png((10, 20, 30)))
     edit = FakeBackend("e")
     draft = f"Edited: {tag('edit', img_index=0, prompt='invert')}"
-    state = await run(graph_for(draft, edit=edit), cfg, images=[str(source)])
+    state = await run(graph_for(draft, edit=edit), cfg, images=[data_url(source.read_bytes())])
     assert [f.status for f in figures(state)] == ["ok"]
     assert figures(state)[0].index == 1  # input images come first in the numbering
     assert edit.calls[0][1] == [source.read_bytes()]
@@ -235,10 +235,9 @@ async def test_empty_prompt_is_rejected_before_any_work(cfg):
 
 
 async def test_unusable_input_image_is_a_clear_error(cfg, tmp_path):
-    bad = tmp_path / "bad.png"
-    bad.write_text("not an image")
-    with pytest.raises(Exception, match="input image 0 is unusable"):
-        await graph_for("x").ainvoke({"prompt": "x", "images": [str(bad)]}, context=cfg)
+    not_an_image = base64.b64encode(b"not an image").decode()
+    with pytest.raises(Exception, match="input image 0 is unusable: not a readable image"):
+        await graph_for("x").ainvoke({"prompt": "x", "images": [not_an_image]}, context=cfg)
 
 
 async def test_concurrent_runs_do_not_mix_results(cfg):
@@ -273,3 +272,12 @@ async def test_second_run_on_a_checkpointed_thread_starts_afresh(cfg):
     assert len(first.results) == 2
     assert second.results == [] and second.calls == [] and figures(second) == []
     assert "tools_s" in second.timings and second.timings["started_at"] > first.timings["started_at"]
+
+
+async def test_lone_surrogates_in_a_draft_become_replacement_characters(cfg, tmp_path):
+    from llmi_graph.report import write_report
+    from llmi_graph.store import ImageStore
+
+    state = await run(graph_for("Broken \ud800 escape, then text."), cfg)
+    assert state.draft == "Broken \ufffd escape, then text." == state.policy.text
+    write_report(state, tmp_path / "report", ImageStore(cfg.image_path), cfg)  # UTF-8 files, no error

@@ -210,7 +210,7 @@ async def test_mllm_judge_sends_the_document_in_order(cfg):
     recorded = json.dumps({"explanation": "One chart, one missing photo.", "quality": 4, "task_relevance": 2,
                            "text_image_relevance": 3})  # fmt: skip
     with FakeOpenAIServer([recorded]) as server:
-        result = await MLLMJudge(endpoint(server.url)).judge_state(state)
+        result = await MLLMJudge(endpoint(server.url), image_roots=[cfg.image_path]).judge_state(state)
     assert result.scores == {"quality": 4.0, "task_relevance": 2.0, "text_image_relevance": 3.0}
     parts = server.requests[0]["messages"][1]["content"]
     kinds = [(p["type"], p.get("text", "")[:20]) for p in parts]

@@ -17,6 +17,7 @@ from tests.conftest import require
 from tests.fakes import FakeOpenAIServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+SECRET = "server-secret-0b7c"
 CODE = "plt.bar(['a', 'b'], [3, 5])\nplt.title('two bars')"
 DRAFT = (
     "Two bars compared.\n"
@@ -35,6 +36,7 @@ def dev_server(tmp_path):
             "LLMI_POLICY_URL": policy.url,
             "LLMI_POLICY_MODEL": "fake",
             "LLMI_IMAGE_DIR": str(tmp_path / "store"),
+            "LLMI_TEST_SERVER_SECRET": SECRET,
             "LANGGRAPH_NO_VERSION_CHECK": "1",
         }
         log = tmp_path / "dev.log"
@@ -72,9 +74,44 @@ async def test_langgraph_dev_runs_the_graph(dev_server, requires_bwrap):
     client = get_client(url=url)
     assistants = await client.assistants.search()
     assert [a["graph_id"] for a in assistants] == ["llmi"]
-    state = await client.runs.wait(None, "llmi", input={"prompt": "Compare a and b"}, context={"max_tokens": 64})
+    state = await client.runs.wait(None, "llmi", input={"prompt": "Compare a and b", "max_tokens": 64})
     assert state["draft"] == DRAFT
     figures = [item for item in state["document"] if item["kind"] == "figure"]
     assert len(figures) == 1 and figures[0]["status"] == "ok", figures
     assert figures[0]["image"]["mime"] == "image/png"
     assert policy.requests[0]["max_completion_tokens"] == 64 or policy.requests[0].get("max_tokens") == 64
+
+
+async def test_a_client_cannot_choose_operator_settings(dev_server, tmp_path):
+    # The reviewer's attacks through the API: a policy URL of the client's own plus the name of a server secret,
+    # a diffusers model with remote code, the sandbox switched off, a server path as an input image.
+    url, policy = dev_server
+    client = get_client(url=url)
+    marker = tmp_path / "remote-code-ran"
+    with FakeOpenAIServer(["stolen"]) as attacker:
+        context = {
+            "policy_url": attacker.url,
+            "policy_model": "x",
+            "policy_api_key_env": "LLMI_TEST_SERVER_SECRET",
+            "diffusion_backend": "diffusers",
+            "diffusers_model": str(tmp_path / "model-with-remote-code"),
+            "diffusers_trust_remote_code": True,
+            "allow_unsandboxed_code": True,
+            "image_dir": str(marker),
+        }
+        state = await client.runs.wait(
+            None, "llmi", input={"prompt": "Compare a and b", "policy_url": attacker.url}, context=context
+        )
+        assert attacker.requests == [] and attacker.headers == []
+    assert state["draft"] == DRAFT  # the operator's policy wrote it
+    assert not any(SECRET in str(h) for h in policy.headers)
+    assert not marker.exists()
+    assert all(f.get("error") is None for f in state["document"] if f["kind"] == "figure")
+
+    with pytest.raises(Exception, match=r"InputError: input image 0 is unusable: .*file paths are not accepted"):
+        await client.runs.wait(None, "llmi", input={"prompt": "x", "images": ["/etc/hostname"]})
+    schema = await client.assistants.get_schemas((await client.assistants.search())[0]["assistant_id"])
+    assert set(schema["input_schema"]["properties"]) == {
+        "prompt", "images", "image_num", "allowed_tools", "max_tokens", "temperature", "top_p", "seed",
+    }  # fmt: skip
+    assert "run_key" not in schema["output_schema"]["properties"]

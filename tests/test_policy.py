@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from llmi_graph import OpenAIPolicy, PolicyError, Sampling, State, Toolbox, build_graph
+from llmi_graph import OpenAIPolicy, PolicyError, Sampling, State, Toolbox, build_graph, data_url
 from tests.fakes import FakeOpenAIServer
 
 MESSAGES = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hello"}]
@@ -85,7 +85,7 @@ async def test_vision_policy_receives_input_images_as_image_parts(cfg, tmp_path)
     with FakeOpenAIServer(["Seen."]) as server:
         graph = build_graph(toolbox=Toolbox(backends={}))
         context = cfg.replace(policy_url=server.url, policy_vision=True)
-        await graph.ainvoke({"prompt": "describe", "images": [str(image)]}, context=context)
+        await graph.ainvoke({"prompt": "describe", "images": [data_url(image.read_bytes())]}, context=context)
     content = server.requests[0]["messages"][-1]["content"]
     assert content[0]["type"] == "text" and "image 0 (64x48)" in content[0]["text"]
     assert content[1]["type"] == "image_url" and content[1]["image_url"]["url"].startswith("data:image/png;base64,")

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 from html.parser import HTMLParser
+from urllib.parse import unquote
 
+import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from markdown_it import MarkdownIt
 
 from llmi_graph import ChatModelPolicy, State, Toolbox, build_graph, image_store
-from llmi_graph.report import render_html, render_text_html, write_report
+from llmi_graph.report import render_html, render_markdown, render_text_html, write_report
+from llmi_graph.state import Figure
+from llmi_graph.tags import TextSegment
 from tests.fakes import FakeBackend
 
 HOSTILE = """# Title <script>alert('h1')</script>
@@ -86,7 +92,7 @@ async def test_full_report_is_self_contained_and_safe(cfg, tmp_path):
     md = paths.markdown.read_text()
     assert "![" in md and "(images/00-search.png)" in md
     assert (paths.images / "00-search.png").read_bytes()[:4] == b"\x89PNG"
-    assert "**Image 1 (diffusion) could not be made:** <b>boom</b>" in md
+    assert "**Image 1 (diffusion) could not be made:** &lt;b>boom&lt;/b>" in md  # literal text in Markdown too
     traj = json.loads(paths.trajectory.read_text())
     assert [c["status"] for c in traj["calls"]] == ["ok", "failed"]
     assert traj["calls"][0]["image"] == "images/00-search.png"
@@ -97,14 +103,17 @@ async def test_full_report_is_self_contained_and_safe(cfg, tmp_path):
     assert "policy_api_key_env" not in traj["config"]
 
 
-async def test_rewriting_an_output_folder_leaves_no_staging_behind(cfg, tmp_path):
+async def test_a_second_report_into_the_same_folder_is_refused(cfg, tmp_path):
     graph = build_graph(policy=ChatModelPolicy(FakeListChatModel(responses=["v1", "v2"])), toolbox=Toolbox(backends={}))
     out = tmp_path / "out"
-    for _ in range(2):
-        state = State.model_validate(await graph.ainvoke({"prompt": "p"}, context=cfg))
-        write_report(state, out, image_store(cfg), cfg)
+    state = State.model_validate(await graph.ainvoke({"prompt": "p"}, context=cfg))
+    write_report(state, out, image_store(cfg), cfg)
+    again = State.model_validate(await graph.ainvoke({"prompt": "p"}, context=cfg))
+    with pytest.raises(FileExistsError, match="is not empty: pick a new folder"):
+        write_report(again, out, image_store(cfg), cfg)
     assert sorted(p.name for p in out.iterdir()) == ["images", "report.html", "report.md", "trajectory.json"]
-    assert json.loads((out / "trajectory.json").read_text())["draft"] == "v2"
+    assert json.loads((out / "trajectory.json").read_text())["draft"] == "v1"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".llmi-staging")]  # none left beside it
 
 
 async def test_a_trajectory_loads_back_into_the_same_state(cfg, tmp_path):
@@ -127,3 +136,119 @@ async def test_a_trajectory_loads_back_into_the_same_state(cfg, tmp_path):
     ]
     ok = next(f for f in loaded.document if getattr(f, "status", None) == "ok")
     assert open(ok.image.path, "rb").read()[:4] == b"\x89PNG" and ok.image.path.startswith(str(paths.out_dir))
+
+
+# --- report.md: what a Markdown viewer that renders inline HTML would show ---------------------------
+
+
+def viewer(tables: bool) -> MarkdownIt:
+    """A permissive viewer: inline HTML on, every link kept whatever its scheme, deep nesting followed."""
+    md = MarkdownIt("commonmark", {"html": True, "maxNesting": 100})
+    if tables:
+        md.enable("table")
+    md.validateLink = lambda url: True
+    return md
+
+
+VIEWERS = (viewer(tables=False), viewer(tables=True))
+MARKDOWN_TAGS = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "em", "strong", "code", "pre", "a", "ul", "ol", "li",
+                 "blockquote", "table", "thead", "tbody", "tr", "th", "td", "hr", "br", "img"}  # fmt: skip
+
+
+def assert_safe_to_view(markdown: str, images: tuple[str, ...] = ()) -> None:
+    """Only Markdown's own tags, web links, and only our images/ files, in every viewer."""
+    for md in VIEWERS:
+        html = md.render(markdown)
+        assert "<!--" not in html
+        for tag, attrs in tags_of(html):
+            assert tag in MARKDOWN_TAGS, (tag, attrs)
+            assert not any(name.startswith("on") for name in attrs), (tag, attrs)
+            if tag == "a":  # web or relative links only, the target read as a browser reads it
+                target = re.sub(r"[\x00-\x20]", "", unquote(attrs["href"] or ""))
+                scheme = re.match(r"([a-z][a-z0-9+.-]*):", target, re.IGNORECASE)
+                assert scheme is None or scheme.group(1).lower() in {"http", "https", "mailto"}, attrs
+            if tag == "img":
+                assert attrs["src"] in images, attrs
+
+
+def document(*items: TextSegment | Figure) -> State:
+    return State(prompt="p", document=list(items))
+
+
+HOSTILE_MARKDOWN = [
+    HOSTILE,
+    "<!-- hidden --> and <div>\n*md* <script>alert(1)</script>\n</div>\n",
+    "<details open ontoggle=alert(1)>\n\ntext\n",
+    "| a | b |\n|---|---|\n| `x | <img src=x onerror=alert(1)> | y` |\n",  # a code span only without tables
+    "`a\n\n<img src=x onerror=alert(1)>`\n",  # a code span cannot cross paragraphs
+    "[x][r] and [r]\n\n[r]: javascript:alert(1)\n",
+    "![pixel][i]\n\n[i]: https://evil.example/p.png\n",
+    "[tab](java&#x09;script:alert(1)) [pct](java%0Ascript:alert(1)) [pointy](<javascript:alert(1)>)\n",
+    "<javascript:alert(1)> <data:text/html,<script>x</script>> [d](data:text/html;base64,PHNjcmlwdD4=)\n",
+    "[![img](https://evil.example/p.png)](javascript:alert(1)) [<img src=x onerror=alert(1)>](https://ok.example)\n",
+    "Setext <i onmouseover=alert(1)>\n===\n\n- 1. > <b>nested</b>\n",
+    ">" * 30 + " <script>alert(1)</script>\n",  # past markdown-it's nesting limit: shown literally
+    "\\\\<b>escaped backslash, real tag</b> &lt;entity&gt; stays text\n",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE_MARKDOWN)
+def test_model_markdown_cannot_script_or_fetch_in_a_markdown_viewer(text):
+    assert_safe_to_view(render_markdown(document(TextSegment(text=text))))
+
+
+LEGITIMATE = """# A heading with `<code>`
+
+Some *emphasis*, **strong**, `a <b> code span`, a [link](https://example.com "title"), a relative
+[note](notes.md), <https://example.org> and <mailto:a@example.com>; 3 < 5 and x<y, a -> b.
+
+- one
+- two with `<script>` shown literally
+  1. nested
+
+> a quote
+
+| col `<td>` | b |
+|:--|--:|
+| `<i>` | 2 |
+
+```html
+<script>alert("shown, not run")</script>
+```
+
+    <indented> code
+"""
+
+
+def test_legitimate_markdown_is_kept_and_only_raw_html_is_made_text():
+    hostile = "Then <img src=x onerror=alert(1)> and ![t](https://evil.example/p.png).\n"
+    md = render_markdown(document(TextSegment(text=LEGITIMATE + "\n" + hostile)))
+    assert md == LEGITIMATE + "\nThen &lt;img src=x onerror=alert(1)> and \\![t](https://evil.example/p.png).\n"
+    rendered = VIEWERS[1].render(md)
+    assert "<code>&lt;script&gt;</code>" in rendered and "<code>&lt;i&gt;</code></td>" in rendered
+    assert '<a href="notes.md">note</a>' in rendered and '<a href="mailto:a@example.com">' in rendered
+    assert "&lt;script&gt;alert(&quot;shown, not run&quot;)&lt;/script&gt;\n</code></pre>" in rendered
+    assert 'Then &lt;img src=x onerror=alert(1)&gt; and !<a href="https://evil.example/p.png">t</a>' in rendered
+    assert_safe_to_view(md)
+
+
+def test_captions_reasons_and_open_fences_stay_in_their_place(tmp_path):
+    from llmi_graph.state import ImageRef
+
+    ref = ImageRef(sha256="0" * 64, path=str(tmp_path / "x.png"), mime="image/png", width=1, height=1)
+    md = render_markdown(
+        document(
+            TextSegment(text="```python\nprint(1)\n"),  # left open by the model
+            Figure(index=0, source="code", status="ok", image=ref,
+                   description='chart"](javascript:alert(1)) <img src=x onerror=alert(2)> ![x](https://e/p.png)'),
+            TextSegment(text="Between.\n"),
+            Figure(index=1, source="search", status="failed", error="<script>alert(3)</script> [x](javascript:1)"),
+            TextSegment(text="End."),
+        )
+    )  # fmt: skip
+    assert_safe_to_view(md, images=("images/00-code.png",))
+    html = VIEWERS[1].render(md)
+    alt = "chart&quot;](javascript:alert(1)) &lt;img src=x onerror=alert(2)&gt; ![x](https://e/p.png)"
+    assert f'<img src="images/00-code.png" alt="{alt}" />' in html
+    assert "could not be made:</strong> &lt;script&gt;alert(3)&lt;/script&gt; [x](javascript:1)" in html
+    assert '<pre><code class="language-python">print(1)\n</code></pre>' in html  # closed before the figure
