@@ -34,16 +34,27 @@ $(STAMP): pyproject.toml Makefile
 	@$(MAKE) --no-print-directory system-deps
 	@touch $@
 
-# bubblewrap isolates model-written code; a CJK fallback font lets charts show non-Latin titles.
+# bubblewrap isolates model-written code; a CJK fallback font lets charts show non-Latin titles; PostgreSQL's
+# programs let the tests of `llmi batch --checkpoint-url postgresql://` start a server of their own (Debian's main
+# cluster is not created, so installing it starts no database service).
 # Best effort: without bubblewrap the code tool refuses to run code (and says how to opt in).
+PG_NO_MAIN_CLUSTER := /etc/postgresql-common/createcluster.d/llmi-no-main-cluster.conf
 system-deps:
-	@if command -v bwrap >/dev/null && [ -e $(CJK_FONT) ]; then exit 0; fi; \
+	@missing=""; \
+	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
+	[ -e $(CJK_FONT) ] || missing="$$missing fonts-droid-fallback"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get install -y -q --no-install-recommends bubblewrap fonts-droid-fallback >/dev/null 2>&1 \
-		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends bubblewrap fonts-droid-fallback >/dev/null 2>&1) \
-		|| echo "WARNING: could not install bubblewrap/fonts-droid-fallback; the code tool needs bwrap (apt-get install bubblewrap)"; \
-	elif ! command -v bwrap >/dev/null; then \
-		echo "WARNING: bubblewrap (bwrap) is missing and cannot be installed here; install it to enable the code tool"; \
+		case "$$missing" in *postgresql*) mkdir -p $$(dirname $(PG_NO_MAIN_CLUSTER)) \
+			&& echo "create_main_cluster = false" > $(PG_NO_MAIN_CLUSTER);; esac; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 \
+		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1) \
+		|| echo "WARNING: could not install$$missing (apt-get install$$missing): the code tool needs bwrap, the Postgres checkpoint tests need postgresql"; \
+		rm -f $(PG_NO_MAIN_CLUSTER); \
+	else \
+		echo "WARNING: missing$$missing and cannot install here: the code tool needs bwrap, the Postgres checkpoint tests need postgresql"; \
 	fi
 
 vllm-venv: $(VLLM_STAMP)

@@ -275,6 +275,218 @@ class _Progress:
         return table
 
 
+@app.command()
+def batch(
+    data: Annotated[Path, typer.Argument(help="Rows in the LLM-I format (JSONL or parquet): prompt, image_num, ...")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The batch folder (a rerun resumes it).")],
+    samples: Annotated[int, typer.Option(help="Samples per row (GRPO-style groups, best-of-N).")] = 1,
+    concurrency: Annotated[int, typer.Option(help="Samples in flight at once.")] = 4,
+    limit: Annotated[int | None, typer.Option(help="Only the first N rows.")] = None,
+    checkpoint_url: Annotated[
+        str | None,
+        typer.Option(help="postgresql://... for LangGraph's Postgres saver (default: DIR/checkpoints.sqlite)."),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Run the samples on Ray workers: `local` (an instance on this machine), `auto` (the cluster "
+            "this machine is in) or the head's HOST:PORT. Several machines need --checkpoint-url postgresql://."
+        ),
+    ] = None,
+    ray_workers: Annotated[
+        int | None,
+        typer.Option(help="Ray workers (default: one per cluster CPU, at most --concurrency); --concurrency is split."),
+    ] = None,
+    policy_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model name at --policy-url.")] = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="A LoRA adapter for the embedded policy (what rl/train.py saves).")
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Most tokens the policy may write.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0: greedy).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed (each sample adds its number to it).")] = None,
+    cache_dir: Annotated[str | None, typer.Option(help="Model cache and image store (default ~/.cache/llmi).")] = None,
+    search_backend: Annotated[str | None, typer.Option(help="auto, serpapi, library or none.")] = None,
+    library: Annotated[str | None, typer.Option(help="A folder of images for the library search backend.")] = None,
+    diffusion_backend: Annotated[str | None, typer.Option(help="auto, server, diffusers, openai or none.")] = None,
+    edit_backend: Annotated[str | None, typer.Option(help="auto, server, diffusers, openai, local or none.")] = None,
+    code_backend: Annotated[str | None, typer.Option(help="auto, local or e2b.")] = None,
+    image_server: Annotated[
+        list[str] | None, typer.Option(help="A Qwen-Image server URL for diffusion (repeatable).")
+    ] = None,
+    edit_server: Annotated[
+        list[str] | None, typer.Option(help="A Qwen-Image-Edit server URL for edits (repeatable).")
+    ] = None,
+    tool_cache: Annotated[
+        bool | None, typer.Option("--tool-cache/--no-tool-cache", help="Reuse identical tool calls across samples.")
+    ] = None,
+) -> None:
+    """Run every row of DATA (SAMPLES times each) into OUT: durable, resumable, one report per sample."""
+    from llmi_graph.batch import BatchError, BatchSettings, rows_to_items
+    from llmi_graph.rows import load_rows
+
+    try:
+        cfg = _operator_config(
+            policy_url=policy_url, model=model, adapter=adapter, max_tokens=max_tokens, temperature=temperature,
+            seed=seed, cache_dir=cache_dir, search_backend=search_backend, library=library,
+            diffusion_backend=diffusion_backend, edit_backend=edit_backend, code_backend=code_backend,
+            image_server=image_server, edit_server=edit_server, tool_cache=tool_cache,
+        )  # fmt: skip
+        rows = load_rows(data)[:limit] if limit is not None else load_rows(data)
+        items = rows_to_items(rows)
+        settings = BatchSettings(
+            out=out, samples=samples, concurrency=concurrency, checkpoint_url=checkpoint_url,
+            ray_address=ray_address, ray_workers=ray_workers,
+        )  # fmt: skip
+    except (CliError, BatchError, ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    _describe_tools(cfg, toolbox_for(cfg))
+    code = run_batch_with_progress(items, settings, cfg, source=str(data.resolve()))
+    raise typer.Exit(code)
+
+
+def _operator_config(
+    *,
+    policy_url: str | None,
+    model: str | None,
+    adapter: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    seed: int | None,
+    cache_dir: str | None,
+    search_backend: str | None,
+    library: str | None,
+    diffusion_backend: str | None,
+    edit_backend: str | None,
+    code_backend: str | None,
+    image_server: list[str] | None,
+    edit_server: list[str] | None,
+    tool_cache: bool | None,
+) -> Config:
+    """The operator config of a batch or an evaluation: the environment's, with the command line's options."""
+    if adapter and policy_url:
+        raise CliError("--adapter is for the embedded policy; at a server, load it there and pass --model NAME")
+    if adapter and not (Path(adapter) / "adapter_config.json").is_file():
+        raise CliError(f"--adapter {adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    return Config.from_env(
+        policy_url=policy_url, policy_model=model, adapter=adapter, max_tokens=max_tokens, temperature=temperature,
+        seed=seed, cache_dir=cache_dir, search_backend=search_backend, search_library_dir=library,
+        diffusion_backend=diffusion_backend, edit_backend=edit_backend, code_backend=code_backend,
+        image_server_urls=",".join(image_server) if image_server else None,
+        edit_server_urls=",".join(edit_server) if edit_server else None, tool_cache=tool_cache,
+    )  # fmt: skip
+
+
+def run_batch_with_progress(items: list[Any], settings: Any, cfg: Config, *, source: str | None = None) -> int:
+    """Run a batch with a live progress bar (a line per sample when not on a terminal); the exit status."""
+    from llmi_graph.batch import run_batch
+
+    return run_with_progress(lambda on_event: run_batch(items, settings, cfg, source=source, on_event=on_event))
+
+
+def run_with_progress(run: Any) -> int:
+    """Run `run(on_event)` (a batch, or an evaluation: a batch then its scoring) with live progress bars (a line per
+    sample when not on a terminal), print what happened, and return the exit status."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from llmi_graph.batch import BatchError, BatchOutcome
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed  {task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+    task = progress.add_task("samples", total=None, failed=0, rate="")
+    started = time.perf_counter()
+    state = {"finished": 0, "failed": 0, "scored": 0}
+    scoring: list[Any] = []
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "start":
+            progress.update(task, total=data["total"], completed=data["done_before"])
+            console.print(
+                f"batch: {data['total']} sample(s), {data['done_before']} already finished, {data['pending']} to run",
+                highlight=False,
+            )
+        elif kind == "finished":
+            state["finished"] += 1
+            state["failed"] += data["status"] != "ok"
+            rate = 60 * state["finished"] / max(1e-9, time.perf_counter() - started)
+            progress.update(task, advance=1, failed=state["failed"], rate=f"{rate:.1f}/min")
+            if not console.is_terminal:
+                detail = data.get("reason") or f"{data.get('images_ok', 0)} image(s), {data['wall_s']:.1f} s"
+                console.print(f"{data['sample_id']}: {data['status']} ({detail})", highlight=False)
+        elif kind == "policy_error" and not console.is_terminal:
+            console.print(f"{data['sample_id']}: no draft ({data['reason']})", highlight=False)
+        elif kind == "scoring":
+            scoring.append(progress.add_task("scoring", total=data["total"], failed=0, rate=""))
+            console.print(f"scoring: {data['total']} sample(s) ({data['done_before']} scored before)", highlight=False)
+        elif kind == "scored" and scoring:
+            state["scored"] += 1
+            progress.update(scoring[0], advance=1)
+            if not console.is_terminal:
+                shown = "not scored" if data.get("score") is None else f"{data['score']:.3f}"
+                console.print(f"{data['sample_id']}: score {shown}", highlight=False)
+
+    async def main() -> Any:
+        try:
+            return await run(on_event)
+        finally:
+            await close_toolboxes()
+
+    try:
+        with progress:
+            result = asyncio.run(main())
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]interrupted[/yellow]: {state['finished']} sample(s) finished and {state['scored']} scored in "
+            "this run; what ran is checkpointed: run the same command again to continue"
+        )
+        return 130
+    except (BatchError, ValueError, RuntimeError, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 1
+    outcome: BatchOutcome = result if isinstance(result, BatchOutcome) else result.batch
+    out = Path(result.path).parent if not isinstance(result, BatchOutcome) else None
+    console.print(
+        f"[green]done[/green] {outcome.finished} sample(s) in {outcome.wall_s:.1f} s: {outcome.ok} ok, "
+        f"{outcome.failed} failed, {outcome.skipped} skipped; {outcome.pending} pending",
+        highlight=False,
+    )
+    if outcome.policy_errors:
+        console.print(
+            f"[red]{outcome.policy_errors} sample(s) got no draft from the policy[/red] (first: "
+            f"{outcome.first_policy_error}); run the same command again to retry them",
+            highlight=False,
+        )
+    if outcome.stopped:
+        console.print(f"[red]stopped early:[/red] {outcome.stopped}", highlight=False)
+    if out is not None:
+        _print_metrics(result)
+        typer.echo(f"Results: {out / 'results.json'}")
+        typer.echo(f"Page: {out / 'eval.html'}")
+    return 1 if outcome.policy_errors or outcome.stopped else 0
+
+
+def _print_metrics(result: Any) -> None:
+    table = Table(title=f"{result.benchmark}: {result.counts['ok']} sample(s) scored", title_justify="left")
+    for column in ("metric", "mean ± s.e.", "n", "not scored", "judged by"):
+        table.add_column(column)
+    for name, m in result.metrics.items():
+        se = f" ± {m.stderr:.3f}" if m.stderr is not None else ""
+        value = "not scored" if m.mean is None else f"{m.mean:.3f}{se}"
+        who = ", ".join(j["model"] for j in m.judged_by) or ("-" if m.judge else "rule")
+        table.add_row(name, value, str(m.n), str(m.not_scored), who)
+    console.print(table)
+
+
 def _serve_policy(config: Any) -> None:
     from servers.policy import serve_policy
 
@@ -318,6 +530,15 @@ def _register_server_commands() -> None:
 
 
 _register_server_commands()
+
+
+def _register_eval_commands() -> None:
+    from evals.cli import app as eval_app
+
+    app.add_typer(eval_app, name="eval")
+
+
+_register_eval_commands()
 
 
 @app.command()

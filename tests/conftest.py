@@ -53,3 +53,18 @@ def policy_server(embedded_model_dir, tmp_path_factory):
     config = PolicyServerConfig(model=embedded_model_dir, served_model_name="smollm2", log_path=str(log))
     with PolicyServer(config) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL server of the tests' own on 127.0.0.1 (tests/postgres.py): its database's URL."""
+    from tests.postgres import PostgresMissing, PostgresServer
+
+    try:
+        server = PostgresServer().start()
+    except PostgresMissing as exc:
+        require(False, str(exc))
+    try:
+        yield server.url
+    finally:
+        server.stop()
