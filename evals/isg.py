@@ -37,8 +37,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +45,7 @@ from typing import Any
 from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 
+from evals import _data
 from evals.base import Item, Judges, Metric, SampleScore, safe_id
 from judges._endpoint import JudgeResult, ask_for_scores
 from judges.mllm import ImageReadError, document_parts
@@ -113,19 +112,11 @@ METRICS: tuple[Metric, ...] = (
 def data_dir() -> Path:
     """The folder holding ISG's `ISG-Bench.jsonl` or `task_few_shot.json`: `$LLMI_ISG_DIR`, else
     `../shared/benchmarks/isg-bench` beside this repository. Raises `FileNotFoundError` saying where to put them."""
-    configured = os.environ.get(DATA_ENV)
-    if configured:
-        folder = Path(configured).expanduser()
-    else:
-        folder = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "isg-bench"
-    if not any((folder / name).is_file() for name in DATA_FILES):
-        where = f"{DATA_ENV}={configured}" if configured else f"{folder} (the default)"
-        raise FileNotFoundError(
-            f"ISG-Bench data was not found in {where}: put ISG_eval/ISG-Bench.jsonl (with its images/ folder) from "
-            f"https://github.com/Dongping-Chen/ISG, or ISG_eval/task_few_shot.json, in a folder and set {DATA_ENV} "
-            "to it, or pass the file's path"
-        )
-    return folder
+    how = (
+        "put ISG_eval/ISG-Bench.jsonl (with its images/ folder) or ISG_eval/task_few_shot.json from "
+        "https://github.com/Dongping-Chen/ISG in a folder"
+    )
+    return _data.benchmark_dir(DATA_ENV, "isg-bench", DATA_FILES, how)
 
 
 def data_file(source: Path | str | None = None) -> Path:
@@ -306,17 +297,6 @@ def _item(row: _Row, files: list[Path] | None, skip: str | None, image_num: int)
     )
 
 
-def _names(value: str | Iterable[str] | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [value] if isinstance(value, str) else list(value)
-
-
-def _check_limit(name: str, value: int | None) -> None:
-    if value is not None and value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-
-
 class ISGBenchmark:
     """The ISG-Bench adapter (see the module docstring for the choices it makes)."""
 
@@ -342,11 +322,11 @@ class ISGBenchmark:
         deterministic stratified sample); `limit`: the first N runnable items overall, after that. Items that cannot
         run come back with `skip` set, but only in a full load: a sample (either limit set) holds runnable items only.
         """
-        _check_limit("limit", limit)
-        _check_limit("limit_per_category", limit_per_category)
+        _data.check_limit("limit", limit)
+        _data.check_limit("limit_per_category", limit_per_category)
         path = data_file(source)
         rows = list(_read_rows(path))
-        wanted = _names(categories)
+        wanted = _data.names(categories)
         if wanted is not None:
             groups = {g.casefold(): {c.casefold() for c in cs} for g, cs in TASK_GROUPS.items()}
             known = {r.category.casefold() for r in rows}
@@ -358,25 +338,15 @@ class ISGBenchmark:
                 )
             chosen = set().union(*({n.casefold()} | groups.get(n.casefold(), set()) for n in wanted))
             rows = [r for r in rows if r.category.casefold() in chosen]
-        sampling = limit is not None or limit_per_category is not None
-        items: list[Item] = []
-        taken: Counter[str] = Counter()
-        runnable = 0
-        for row in rows:
-            if limit is not None and runnable >= limit:
-                break
-            files = _query_files(row, path.parent)
-            skip = _skip_reason(row, files, text_only)
-            if skip is not None:
-                if not sampling:
-                    items.append(_item(row, files, skip, image_num))
-                continue
-            if limit_per_category is not None and taken[row.category] >= limit_per_category:
-                continue
-            taken[row.category] += 1
-            runnable += 1
-            items.append(_item(row, files, None, image_num))
-        return items
+        files = {id(row): _query_files(row, path.parent) for row in rows}
+        return _data.sample(
+            rows,
+            limit=limit,
+            per_group=limit_per_category,
+            group=lambda row: row.category,
+            skip_reason=lambda row: _skip_reason(row, files[id(row)], text_only),
+            item=lambda row, skip: _item(row, files[id(row)], skip, image_num),
+        )
 
     async def score(self, item: Item, state: State, judges: Judges) -> SampleScore:
         """The structural and rule metrics always; the holistic score when a multimodal judge is configured."""

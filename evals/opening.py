@@ -33,9 +33,7 @@ import asyncio
 import csv
 import itertools
 import json
-import os
 import re
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +42,7 @@ from typing import Any
 from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 
+from evals import _data
 from evals.base import Item, Judges, Metric, SampleScore, safe_id
 from judges._endpoint import JudgeResult, ask_for_scores
 from judges.mllm import ImageReadError, document_parts
@@ -125,18 +124,8 @@ _BEGIN = re.compile(r"[ \t]*<BEGIN>[ \t]*")
 def data_dir() -> Path:
     """The folder holding OpenING's `test_data.jsonl`: `$LLMI_OPENING_DIR`, else `../shared/benchmarks/opening`
     beside this repository. Raises `FileNotFoundError` saying where to put the data."""
-    configured = os.environ.get(DATA_ENV)
-    if configured:
-        folder = Path(configured).expanduser()
-    else:
-        folder = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "opening"
-    if not (folder / DATA_FILE).is_file():
-        where = f"{DATA_ENV}={configured}" if configured else f"{folder} (the default)"
-        raise FileNotFoundError(
-            f"OpenING's {DATA_FILE} was not found in {where}: put OpenING-benchmark/{DATA_FILE} from "
-            f"https://github.com/LanceZPF/OpenING in a folder and set {DATA_ENV} to it, or pass the file's path"
-        )
-    return folder
+    how = f"put OpenING-benchmark/{DATA_FILE} from https://github.com/LanceZPF/OpenING in a folder"
+    return _data.benchmark_dir(DATA_ENV, "opening", [DATA_FILE], how)
 
 
 def data_file(source: Path | str | None = None) -> Path:
@@ -226,19 +215,8 @@ def _item(row: _Row, base: Path, skip: str | None, image_num: int) -> Item:
     )
 
 
-def _names(value: str | Iterable[str] | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [value] if isinstance(value, str) else list(value)
-
-
 def _key_order(key: str) -> tuple[int, ...]:
     return tuple(int(part) for part in key.split("."))
-
-
-def _check_limit(name: str, value: int | None) -> None:
-    if value is not None and value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
 
 
 class OpeningBenchmark:
@@ -268,11 +246,11 @@ class OpeningBenchmark:
 
         >>> items = OpeningBenchmark().load(limit_per_subtask=2)  # doctest: +SKIP
         """
-        _check_limit("limit", limit)
-        _check_limit("limit_per_subtask", limit_per_subtask)
+        _data.check_limit("limit", limit)
+        _data.check_limit("limit_per_subtask", limit_per_subtask)
         path = data_file(source)
         rows = list(_read_rows(path))
-        wanted = _names(subtasks)
+        wanted = _data.names(subtasks)
         if wanted is not None:
             known = {r.subtask.casefold() for r in rows} | {r.subtask_key for r in rows}
             unknown = [name for name in wanted if name.casefold() not in known]
@@ -282,24 +260,14 @@ class OpeningBenchmark:
                 raise ValueError(f"unknown OpenING subtask(s) {unknown}; the data has: {names}")
             chosen = {name.casefold() for name in wanted}
             rows = [r for r in rows if r.subtask.casefold() in chosen or r.subtask_key in chosen]
-        sampling = limit is not None or limit_per_subtask is not None
-        items: list[Item] = []
-        taken: Counter[str] = Counter()
-        runnable = 0
-        for row in rows:
-            if limit is not None and runnable >= limit:
-                break
-            skip = _skip_reason(row, path.parent, text_only)
-            if skip is not None:
-                if not sampling:
-                    items.append(_item(row, path.parent, skip, image_num))
-                continue
-            if limit_per_subtask is not None and taken[row.subtask] >= limit_per_subtask:
-                continue
-            taken[row.subtask] += 1
-            runnable += 1
-            items.append(_item(row, path.parent, None, image_num))
-        return items
+        return _data.sample(
+            rows,
+            limit=limit,
+            per_group=limit_per_subtask,
+            group=lambda row: row.subtask,
+            skip_reason=lambda row: _skip_reason(row, path.parent, text_only),
+            item=lambda row, skip: _item(row, path.parent, skip, image_num),
+        )
 
     async def score(self, item: Item, state: State, judges: Judges) -> SampleScore:
         """Rule metrics always; the seven criteria and their mean when a multimodal judge is configured."""
