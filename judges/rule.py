@@ -6,7 +6,7 @@ constraint, 99 at least one, N > 0 exactly N.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from llmi_graph.tags import SOURCES, ToolCall, parse_tags
 
@@ -75,15 +75,17 @@ def literal_image_markers(draft: str) -> int:
 
 
 def tag_credit(call: ToolCall) -> float:
-    """Partial credit for one tag: 0.1 opened; 0.1 closed with </imgen>; 0.2 the body reads as a dict; 0.2 the
+    """Partial credit for one tag: 0.1 opened with <imgen> (0.05 with a near miss such as <imagen>); 0.1 closed
+    with </imgen> (0.05 with a near miss); 0.2 the body reads as a dict; 0.2 the
     source is one of the four and there is a description; 0.4 everything validates (params included). A shaping
     reward for small policies: a complete, valid tag is worth clearly more than any near miss."""
     if call.valid:
         return 1.0
     error = call.error or ""
-    credit = 0.1
+    # A near miss (`<imagen>`, `</img_gen>`) earns half of the opening or closing share.
+    credit = 0.05 if "unknown tag <" in error else 0.1
     if "missing closing </imgen>" not in error:
-        credit += 0.1
+        credit += 0.05 if "unknown closing tag <" in error else 0.1
     unreadable = ("empty tag", "not a dict", "not a valid dict literal", "too long", "unreadable")
     if any(marker in error for marker in unreadable):
         return credit
@@ -109,12 +111,17 @@ def opener_likeness(draft: str) -> float:
     return best / len(TAG_OPENER)
 
 
-def format_score(draft: str, image_num: int, num_input_images: int = 0) -> float:
+def format_score(
+    draft: str, image_num: int, num_input_images: int = 0, succeeded: Collection[int] | None = None
+) -> float:
     """How well the draft follows the tag format, 0 to 1 (the documented partial-credit format reward).
 
     No images wanted (-1): 1 with no tags, else 0. Otherwise, with tags: the mean `tag_credit`, times a count
     factor (`image_num_score` of the number of tags; for image_num 0, -0.3 per tag beyond three), so repeating
-    tags does not pay; with no tags: 0.1 x `opener_likeness` (below any real tag's credit)."""
+    tags does not pay; with no tags: 0.1 x `opener_likeness` (below any real tag's credit).
+
+    `succeeded`, when given, is the set of image indices whose tool made an image: a tag outside it earns no
+    credit (so a tag whose tool fails, such as `plt.line()`, stops paying once training is past its warm-up)."""
     calls = parse_tags(draft, num_input_images).calls
     if image_num == -1:
         return 0.0 if calls else 1.0
@@ -122,7 +129,8 @@ def format_score(draft: str, image_num: int, num_input_images: int = 0) -> float
         return 0.1 * opener_likeness(draft)
     count = len(calls)
     factor = max(0.0, 1.0 - 0.3 * max(0, count - 3)) if image_num == 0 else image_num_score(count, image_num)
-    return factor * sum(tag_credit(c) for c in calls) / count
+    credits = (tag_credit(c) if succeeded is None or c.index in succeeded else 0.0 for c in calls)
+    return factor * sum(credits) / count
 
 
 def format_ok(draft: str, image_num: int, num_input_images: int = 0) -> bool:

@@ -9,6 +9,11 @@ The parser accepts what real models write: JSON or Python dict literals, whitesp
 a tag wrapped in a Markdown code fence or inline backticks, code strings with unescaped inner quotes
 (``'plt.axhline(y=0, color='k', linestyle='--')'``), escaped or raw newlines, and non-ASCII text.
 
+Only the exact ``<imgen>`` and ``</imgen>`` are the protocol. A near miss (``<imagen>``, ``<img_gen>``,
+``<IMGEN >``, ``</image-gen>``) still makes a call, invalid with the reason ("unknown tag <imagen>: the tag is
+<imgen>"), so the document shows a failed slot instead of the tag as text, and the format reward can give it
+partial credit.
+
 `parse_tags` never raises for a ``str``. Numbers with leading zeros or thousands of digits, nesting
 deeper than `MAX_DEPTH`, lone surrogates and unbalanced quotes make an invalid call with a reason; odd
 escapes read as Python reads them. A call's fields are plain JSON data, so a run's state always
@@ -52,8 +57,12 @@ log = logging.getLogger(__name__)
 
 _OPEN = "<imgen>"
 _CLOSE = "</imgen>"
-_OPEN_RE = re.compile(r"<imgen\s*>", re.IGNORECASE)
-_CLOSE_RE = re.compile(r"</imgen\s*>", re.IGNORECASE)
+# The tag and its near misses (`<imagen>`, `<img_gen>`, `<image-gen>`, `<IMGEN >`, ...): only the exact `<imgen>` and
+# `</imgen>` are the protocol; a near miss still makes a call (invalid, with a reason), so a policy that writes one
+# sees a failed slot instead of its tag printed as text. `<image>` and `<img>` are not near misses (no "gen").
+_NAME = r"\s*(?:im(?:age|ag|a|ge|g)?[\s_-]*gen(?:erat(?:e|ion|or))?)\s*"
+_OPEN_RE = re.compile(rf"<{_NAME}>", re.IGNORECASE)
+_CLOSE_RE = re.compile(rf"</{_NAME}>", re.IGNORECASE)
 # A fence's line, then the tag's line up to the tag; matched from the start of the fence's line.
 _FENCE_OPEN_RE = re.compile(r"[ \t]*(`{3,}|~{3,})[\w+-]*[ \t]*\n[ \t]*")
 _FENCE_CLOSE_RE = re.compile(r"([ \t]*\n[ \t]*(`{3,}|~{3,})[ \t]*)(?:\n|$)")
@@ -135,13 +144,15 @@ def parse_tags(text: str, num_input_images: int = 0) -> ParsedDraft:
     segments: list[TextSegment | ImageSlot] = []
     calls: list[ToolCall] = []
     cursor = 0
-    for k, (start, end, body, closed) in enumerate(spans):
+    for k, (start, end, body, closed, near_miss) in enumerate(spans):
         index = num_input_images + k
         if start > cursor:
             segments.append(TextSegment(text=text[cursor:start]))
         segments.append(ImageSlot(index=index))
         cursor = end
         call = _build_call(body, closed, index=index, total=total, num_input_images=num_input_images)
+        if near_miss:
+            call = call.model_copy(update={"error": f"{near_miss}; {call.error}" if call.error else near_miss})
         calls.append(call.model_copy(update={"raw": text[start:end], "start": start, "end": end}))
     if cursor < len(text):
         segments.append(TextSegment(text=text[cursor:]))
@@ -152,8 +163,9 @@ def parse_tags(text: str, num_input_images: int = 0) -> ParsedDraft:
 # --- finding tags -----------------------------------------------------------------------------------
 
 
-def _find_tags(text: str) -> Iterator[tuple[int, int, str, bool]]:
-    """Yield (start, end, body, closed) per tag; the span includes a wrapping fence or backticks.
+def _find_tags(text: str) -> Iterator[tuple[int, int, str, bool, str | None]]:
+    """Yield (start, end, body, closed, near_miss) per tag; the span includes a wrapping fence or backticks, and
+    `near_miss` says why an opening or closing tag that is not exactly `<imgen>` / `</imgen>` fails (else None).
 
     Spans are in order and do not overlap. Linear in the text: each regex search resumes where the last left off.
     """
@@ -168,7 +180,7 @@ def _find_tags(text: str) -> Iterator[tuple[int, int, str, bool]]:
         m_next = _OPEN_RE.search(text, body_start)
         if m_close is not None and (m_next is None or m_close.start() < m_next.start()):
             start, end = _widen(text, m_open.start(), m_close.end(), floor=pos)
-            yield start, end, text[body_start : m_close.start()], True
+            yield start, end, text[body_start : m_close.start()], True, _near_miss(m_open, m_close)
         else:
             # Unclosed tag: it covers a balanced {...} if one follows, else the rest of its line.
             limit = m_next.start() if m_next is not None else len(text)
@@ -177,9 +189,24 @@ def _find_tags(text: str) -> Iterator[tuple[int, int, str, bool]]:
                 newline = text.find("\n", body_start, limit)
                 body_end = limit if newline < 0 else newline
             end = body_end
-            yield m_open.start(), end, text[body_start:end], False
+            yield m_open.start(), end, text[body_start:end], False, _near_miss(m_open, None)
         pos = end
         m_open = m_next if m_next is None or m_next.start() >= pos else _OPEN_RE.search(text, pos)
+
+
+def _near_miss(m_open: re.Match[str], m_close: re.Match[str] | None) -> str | None:
+    """Why a tag written almost as the protocol's fails: "unknown tag <imagen>: the tag is <imgen>"."""
+    problems = []
+    if m_open.group(0) != _OPEN:
+        problems.append(f"unknown tag {_visible(m_open.group(0))}: the tag is {_OPEN}")
+    if m_close is not None and m_close.group(0) != _CLOSE:
+        problems.append(f"unknown closing tag {_visible(m_close.group(0))}: the tag closes with {_CLOSE}")
+    return _repair("; ".join(problems)) if problems else None
+
+
+def _visible(tag: str) -> str:
+    """A near-miss tag as a message shows it: whitespace other than spaces escaped, so `<imgen\\n>` reads as such."""
+    return _shorten(tag.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r"))
 
 
 def _widen(text: str, start: int, end: int, floor: int) -> tuple[int, int]:

@@ -252,3 +252,14 @@ def test_captions_reasons_and_open_fences_stay_in_their_place(tmp_path):
     assert f'<img src="images/00-code.png" alt="{alt}" />' in html
     assert "could not be made:</strong> &lt;script&gt;alert(3)&lt;/script&gt; [x](javascript:1)" in html
     assert '<pre><code class="language-python">print(1)\n</code></pre>' in html  # closed before the figure
+
+
+async def test_a_near_miss_tag_is_a_failed_slot_in_the_report(cfg):
+    # A scripted chat model (a fake) writes `<imagen>` where the protocol says `<imgen>`.
+    draft = "Before. <imagen>{'source': 'search', 'description': 'a fox', 'params': {'query': 'fox'}}</imagen> After."
+    graph = build_graph(policy=ChatModelPolicy(FakeListChatModel(responses=[draft])), toolbox=Toolbox(backends={}))
+    state = State.model_validate(await graph.ainvoke({"prompt": "p"}, context=cfg))
+    html = render_html(state, image_store(cfg))
+    assert '<figure class="failed" data-index="0">' in html
+    assert "unknown tag &lt;imagen&gt;: the tag is &lt;imgen&gt;" in html
+    assert "Before." in html and "After." in html and "{'source'" not in html

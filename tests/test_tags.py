@@ -397,3 +397,43 @@ def test_a_parser_bug_costs_one_tag_and_is_logged(monkeypatch, caplog):
     assert draft.calls[0].error == "unreadable tag (internal parser error: ZeroDivisionError)"
     assert [s.kind for s in draft.segments] == ["text", "image", "text"]
     assert "tag parser failed (ZeroDivisionError)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("opener", "closer", "reason"),
+    [
+        ("<imagen>", "</imagen>", "unknown tag <imagen>: the tag is <imgen>"),
+        ("<img_gen>", "</img_gen>", "unknown tag <img_gen>: the tag is <imgen>"),
+        ("<imgen >", "</imgen>", "unknown tag <imgen >: the tag is <imgen>"),
+        ("<IMGEN>", "</IMGEN>", "unknown tag <IMGEN>: the tag is <imgen>"),
+        ("<image-generation>", "</imgen>", "unknown tag <image-generation>: the tag is <imgen>"),
+        ("<imgen>", "</imagen>", "unknown closing tag </imagen>: the tag closes with </imgen>"),
+        ("<imgen\n>", "</imgen>", "unknown tag <imgen\\n>: the tag is <imgen>"),
+    ],
+)
+def test_near_miss_tags_are_failed_calls_with_the_reason(opener, closer, reason):
+    body = "{'source': 'search', 'description': 'a red fox', 'params': {'query': 'red fox'}}"
+    text = f"Foxes. {opener}{body}{closer} The end."
+    draft = parse_tags(text)
+    assert [s.kind for s in draft.segments] == ["text", "image", "text"]
+    (call,) = draft.calls
+    assert not call.valid and reason in call.error
+    assert call.source == "search" and call.params == {"query": "red fox"}  # the body is still read
+    assert call.raw == f"{opener}{body}{closer}"
+
+
+def test_near_miss_tags_earn_less_format_credit_than_the_real_tag():
+    from judges.rule import format_score, tag_credit
+
+    body = "{'source': 'search', 'description': 'a red fox', 'params': {'query': 'red fox'}}"
+    exact, near, prose = f"<imgen>{body}</imgen>", f"<imagen>{body}</imagen>", f"imagen {body}"
+    near_call = parse_tags(near).calls[0]
+    assert 0.1 < tag_credit(near_call) < 1.0
+    assert format_score(exact, 1) == 1.0
+    assert 0 < format_score(prose, 1) < format_score(near, 1) < format_score(exact, 1)
+
+
+@pytest.mark.parametrize("text", ["an <image> here", "<img src='x.png'>", "<generate>", "<gen>", "<imgage>"])
+def test_tags_that_are_not_near_misses_stay_text(text):
+    draft = parse_tags(text)
+    assert draft.calls == [] and draft.segments[0].text == text
