@@ -238,7 +238,12 @@ class ModelPolicy:
     def generate_batch(
         self, prompts: Sequence[list[int]], sampling: Sampling, callbacks: Sequence[TokenCallback] = ()
     ) -> list[PolicyOutput]:
-        """Sample one completion per prompt (token ids), left-padded into one batch; logprobs from raw logits."""
+        """Sample one completion per prompt (token ids), left-padded into one batch.
+
+        The logprobs are those of the distribution each token was drawn from: the logits after generate's processors
+        (divided by the temperature, top-p filtered, renormalised), as vLLM's `processed_logprobs` reports them and
+        as the trainer's off-policy correction needs them. Greedy decoding reports the plain log-softmax.
+        """
         import torch
 
         model, tokenizer = self.load()
@@ -250,13 +255,16 @@ class ModelPolicy:
         kwargs: dict[str, Any] = {
             "max_new_tokens": sampling.max_tokens,
             "return_dict_in_generate": True,
-            "output_logits": True,
             "pad_token_id": pad,
         }
-        if sampling.temperature > 0:
+        sampled = sampling.temperature > 0
+        if sampled:
+            # `scores` are the logits after the processors and warpers: what the token was actually sampled from
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
+            kwargs["output_scores"] = True
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            kwargs["output_logits"] = True
         if callbacks:
             kwargs["streamer"] = _CountingStreamer(lambda n: [cb(n) for cb in callbacks])
         eos = model.generation_config.eos_token_id
@@ -272,9 +280,15 @@ class ModelPolicy:
                 out = model.generate(input_ids, attention_mask=attention, **kwargs)
             finally:
                 model.train(was_training)
-        logprobs_all = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
         completions = out.sequences[:, width:]
-        chosen = logprobs_all.gather(-1, completions[:, :, None]).squeeze(-1)
+        # one step at a time: a (batch, steps, vocab) stack of log-softmaxes would not fit for long rollouts
+        chosen = torch.stack(
+            [
+                torch.log_softmax(step.float(), dim=-1).gather(-1, completions[:, i, None]).squeeze(-1)
+                for i, step in enumerate(out.scores if sampled else out.logits)
+            ],
+            dim=1,
+        )
         elapsed = time.perf_counter() - start
         outputs = []
         for row, prompt in enumerate(prompts):

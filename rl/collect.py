@@ -3,18 +3,22 @@
     python -m rl.collect --out rollouts.jsonl --policy-url http://127.0.0.1:8000/v1 --model policy \\
         [--judge-url URL --judge-model NAME] [--dataset rl/data/train.jsonl] [--group 8] [--limit 64]
 
-Each prompt's G samples are written together once scored. Rerunning the same command skips prompts already
-recorded, so a crash mid-batch loses at most the groups in flight and redoes nothing. Then:
-`python rl/train.py --replay rollouts.jsonl`.
+Each row's G samples are scored, then written together in one append. A group's id covers the whole row, G and
+the round. Rerunning the same command resumes: groups recorded complete are skipped, and a file a crash left
+damaged (a torn last line, a group cut short) is first rewritten to hold just its complete groups, so the partial
+group is collected again from scratch; the file then holds each group once. One collector per file at a time
+(a lock file beside it says so). Then: `python rl/train.py --replay rollouts.jsonl`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +28,62 @@ from judges.rule import format_score
 from llmi_graph import Config, State, build_graph
 from llmi_graph.policy import Policy, policy_for
 from rl.data import TRAIN_FILE, Row, load_rows
+from rl.replay import read_groups
 from rl.rewards import RewardSuite
 from rl.train import reward_suite
 
 
-def recorded_groups(path: Path) -> set[str]:
-    """Groups already complete in the file (so a rerun skips them)."""
-    if not path.is_file():
-        return set()
-    from rl.replay import load_records
-
-    try:
-        return {r["group"] for r in load_records(path)}
-    except ValueError:
-        return set()
-
-
 def group_id(row: Row, group_size: int, round_: int) -> str:
-    return hashlib.sha256(f"{row.prompt}|{group_size}|{round_}".encode()).hexdigest()[:16]
+    """A group's identity: the whole row (input images by content, so moving the data keeps it), G and the round."""
+    canonical = {
+        "prompt": row.prompt,
+        "image_num": row.image_num,
+        "tools": sorted(row.tools),
+        "images": [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in row.images],
+        "id": row.id,
+        "group_size": group_size,
+        "round": round_,
+    }
+    text = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resume_file(path: Path) -> set[str]:
+    """The groups `path` holds complete. A file a crash left damaged is first rewritten (atomically) to hold just
+    those, one attempt each, as replay reads it: no torn line or partial group stays for the next append to join."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return set()
+    found = read_groups(path)
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        torn_tail = fh.read(1) != b"\n"
+    if found.damaged or torn_tail:
+        partial = path.with_name(path.name + ".partial")
+        write_records(partial, found.records(), mode="w")
+        os.replace(partial, path)
+        print(
+            f"repaired {path}: kept {len(found.groups)} complete group(s); dropped {found.unreadable} unreadable "
+            f"line(s), {found.incomplete} incomplete and {found.duplicates} duplicate attempt(s)",
+            flush=True,
+        )
+    return set(found.groups)
+
+
+def hold_lock(path: Path) -> int:
+    """Take the file's collector lock (released when the process ends, however it ends)."""
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SystemExit(f"error: another rl.collect is writing {path}; wait for it or pick another --out") from None
+    return fd
 
 
 async def collect_group(row: Row, policy: Policy, cfg: Config, suite: RewardSuite, size: int, gid: str) -> list[dict]:
+    """One attempt at a group: G graph runs of the row, each scored."""
     graph = build_graph(policy=policy)
+    attempt = uuid.uuid4().hex
     states = await asyncio.gather(*(graph.ainvoke(row.request(), context=cfg) for _ in range(size)))
     records = []
     for k, raw in enumerate(states):
@@ -56,10 +94,13 @@ async def collect_group(row: Row, policy: Policy, cfg: Config, suite: RewardSuit
             raise RuntimeError(
                 "the policy returned no token ids or logprobs: use vLLM (return_token_ids) or the embedded model"
             )
-        reward = await suite.score(f"{gid}-{k}", state.model_dump(mode="json"), list(row.tools))
+        reward = await suite.score(f"{attempt}-{k}", state.model_dump(mode="json"), list(row.tools))
         records.append(
             {
                 "group": gid,
+                "attempt": attempt,
+                "sample": k,
+                "group_size": size,
                 "prompt": row.prompt,
                 "prompt_ids": policy_out.prompt_token_ids,
                 "completion_ids": policy_out.completion_token_ids,
@@ -78,20 +119,35 @@ async def collect_group(row: Row, policy: Policy, cfg: Config, suite: RewardSuit
     return records
 
 
-def append(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append a whole group in one write, flushed to disk."""
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+def write_records(path: Path, records: list[dict[str, Any]], mode: str = "a") -> None:
+    """Append (or write) records in one write, flushed to disk: a crash tears at most the group being written."""
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode == "a" else os.O_TRUNC)
+    fd = os.open(path, flags, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def collect(args: argparse.Namespace) -> int:
+    """Collect (or resume collecting) every group of the command line's rows; return how many were written."""
     rows = load_rows(args.dataset)[: args.limit or None]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = recorded_groups(out)
+    lock = hold_lock(out)
+    try:
+        return await collect_into(out, rows, args)
+    finally:
+        os.close(lock)
+
+
+async def collect_into(out: Path, rows: list[Row], args: argparse.Namespace) -> int:
+    """Collect the groups of `rows` that `out` does not hold complete yet; return how many were written."""
+    done = resume_file(out)
     cfg = Config(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
@@ -102,20 +158,22 @@ async def collect(args: argparse.Namespace) -> int:
     )
     policy: Policy = policy_for(cfg)
     suite = reward_suite(args.train_config)
-    todo = [(row, group_id(row, args.group, args.round)) for row in rows]
-    todo = [(row, gid) for row, gid in todo if gid not in done]
+    groups: dict[str, Row] = {}
+    for row in rows:
+        groups.setdefault(group_id(row, args.group, args.round), row)  # a repeated row is one group
+    todo = [(row, gid) for gid, row in groups.items() if gid not in done]
     written = 0
     gate = asyncio.Semaphore(args.concurrency)
     with Progress() as progress:
         task = progress.add_task(
-            f"collecting {len(todo)} group(s) ({len(rows) - len(todo)} already recorded)", total=len(todo)
+            f"collecting {len(todo)} group(s) ({len(groups) - len(todo)} already recorded)", total=len(todo)
         )
 
         async def one(row: Row, gid: str) -> None:
             nonlocal written
             async with gate:
                 records = await collect_group(row, policy, cfg, suite, args.group, gid)
-                await asyncio.to_thread(append, out, records)
+                write_records(out, records)  # in the event loop: one group's write at a time
                 written += 1
                 progress.advance(task)
 

@@ -46,6 +46,22 @@ class TrainConfig:
     beta: float = field(default=0.0, metadata={"help": "KL coefficient (the paper: 0, no reference model)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for rollouts."})
     max_completion_length: int = field(default=512, metadata={"help": "Most tokens a rollout may write."})
+    off_policy_correction: Literal[
+        "auto", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "none"
+    ] = field(
+        default="auto",
+        metadata={
+            "help": "Weight the loss by pi_trainer/pi_sampler of the recorded logprobs, truncated or masked at "
+            "is_clip_max (TRL's vllm_importance_sampling modes). auto: token_truncate for --policy server and "
+            "--replay, none for in-process sampling (on-policy)."
+        },
+    )
+    is_clip_max: float = field(
+        default=3.0, metadata={"help": "Upper bound on the importance weight (TRL's default: 3.0)."}
+    )
+    is_clip_min: float | None = field(
+        default=None, metadata={"help": "Lower bound on the importance weight (default: none)."}
+    )
     max_steps: int = field(default=200, metadata={"help": "Optimizer steps."})
     time_budget_minutes: float | None = field(
         default=None, metadata={"help": "Stop (and save) after this much training time."}
@@ -65,6 +81,22 @@ class TrainConfig:
     )
     tool_weight: float = field(default=0.0, metadata={"help": "Weight of tool_score inside R (0: off, the paper)."})
     close_hacks: bool = field(default=False, metadata={"help": "Turn on the hybrid reward's anti-hack options."})
+    format_needs_success_after_steps: int | None = field(
+        default=None, metadata={"help": "From this step on, format pays only tags whose tool made an image."}
+    )
+    relevance_weight: float | None = field(
+        default=None, metadata={"help": "Weight of `relevance`, MiniLM tag-prompt cosine (0: logged; unset: off)."}
+    )
+    chart_numbers_weight: float | None = field(
+        default=None, metadata={"help": "Weight of `chart_numbers`, the prompt's numbers in working chart code."}
+    )
+    repetition_weight: float | None = field(
+        default=None, metadata={"help": "Weight (> 0) of `repetition`, minus the penalty for another prompt's tags."}
+    )
+    repetition_memory: int = field(default=256, metadata={"help": "Drafts the repetition penalty remembers."})
+    repetition_threshold: float = field(
+        default=0.5, metadata={"help": "Word-trigram overlap with another prompt's text where the penalty starts."}
+    )
 
     # Rollouts.
     policy: Literal["trainer", "server"] = field(

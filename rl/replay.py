@@ -3,17 +3,22 @@
 The loop the design names: collect (batch graph runs against the vLLM policy, `python -m rl.collect`) -> score
 (the judges, at collection) -> train (`rl/train.py --replay FILE.jsonl`) -> push the adapter -> collect again.
 
-A record is one sample, one JSON line: {"group", "prompt", "prompt_ids", "completion_ids", "logprobs",
-"rewards": {"hybrid", "image_num", "llm_judge", "mllm_judge", "format"}, "policy_model"}. A group is the G samples
-of one prompt. Lines that do not parse, and groups cut short by a crash, are skipped with a warning.
+A record is one sample, one JSON line: {"group", "attempt", "sample", "group_size", "prompt", "prompt_ids",
+"completion_ids", "logprobs", "rewards": {"hybrid", "image_num", "llm_judge", "mllm_judge", "format"},
+"policy_model"}. A group is the G samples of one row (its id covers the whole row, the group size and the round);
+an attempt is one collection of a group, written in one append. A file a crash left behind is read as follows:
+lines that do not parse are skipped, an attempt is kept only if complete (samples 0..G-1, one prompt, the same
+prompt ids), and a group recorded complete more than once keeps its first attempt. Attempts are never merged.
+Records from before `attempt` was written form an attempt per run of consecutive lines of one group.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +27,98 @@ log = logging.getLogger(__name__)
 REWARD_NAMES = ("hybrid", "image_num", "llm_judge", "mllm_judge", "format")
 
 
-def load_records(path: str | Path, group_size: int | None = None) -> list[dict[str, Any]]:
-    """Complete groups of a recorded file, in file order."""
+@dataclass
+class RecordedGroups:
+    """What a recorded file holds: its complete groups (one attempt each, in file order) and what was set aside."""
+
+    groups: OrderedDict[str, list[dict[str, Any]]] = field(default_factory=OrderedDict)
+    unreadable: int = 0  # lines that do not parse as a record (a torn last line, ...)
+    incomplete: int = 0  # attempts cut short, or whose records disagree (prompt, prompt ids, sample numbers)
+    duplicates: int = 0  # complete attempts of a group already recorded complete
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.unreadable or self.incomplete or self.duplicates)
+
+    def records(self) -> list[dict[str, Any]]:
+        return [record for group in self.groups.values() for record in group]
+
+
+def _is_record(record: Any) -> bool:
+    """A line's JSON has what training reads, with the types it expects."""
+    if not isinstance(record, dict):
+        return False
+    ids = (record.get("prompt_ids"), record.get("completion_ids"), record.get("logprobs"))
+    return (
+        isinstance(record.get("group"), str)
+        and isinstance(record.get("prompt"), str)
+        and all(isinstance(x, list) for x in ids)
+        and len(record["logprobs"]) == len(record["completion_ids"])
+        and isinstance(record.get("rewards"), dict)
+    )
+
+
+def _complete(attempt: list[dict[str, Any]], size: int) -> bool:
+    if len(attempt) != size:
+        return False
+    first = attempt[0]
+    if any(r["prompt"] != first["prompt"] or r["prompt_ids"] != first["prompt_ids"] for r in attempt):
+        return False
+    samples = [r.get("sample") for r in attempt]
+    return all(s is None for s in samples) or samples == list(range(size))
+
+
+def read_groups(path: str | Path, group_size: int | None = None) -> RecordedGroups:
+    """The complete groups of a recorded file, whatever a crash or a rerun left in it; never raises on content.
+
+    `group_size` (G) applies to records that do not carry theirs; without it, the most common attempt size."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"replay file {path} not found")
-    groups: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-    bad = 0
-    with open(path, encoding="utf-8") as fh:
+    found = RecordedGroups()
+    attempts: OrderedDict[tuple[str, str], list[dict[str, Any]]] = OrderedDict()
+    previous_group, run = None, 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             try:
                 record = json.loads(line)
-                groups.setdefault(record["group"], []).append(record)
-            except (ValueError, KeyError, TypeError):
-                bad += 1
-    if bad:
-        log.warning("%s: skipped %d unreadable line(s)", path, bad)
-    size = group_size or max((len(g) for g in groups.values()), default=0)
-    complete = [g for g in groups.values() if len(g) == size]
-    if len(complete) < len(groups):
-        log.warning("%s: skipped %d incomplete group(s)", path, len(groups) - len(complete))
-    if not complete:
+            except ValueError:
+                record = None
+            if not _is_record(record):
+                found.unreadable += bool(line.strip())
+                continue
+            run += record["group"] != previous_group
+            previous_group = record["group"]
+            attempt = record.get("attempt")
+            key = (record["group"], attempt if isinstance(attempt, str) else f"run-{run}")
+            attempts.setdefault(key, []).append(record)
+    legacy = Counter(len(a) for a in attempts.values() if not isinstance(a[0].get("group_size"), int))
+    default_size = group_size or max(legacy, key=lambda n: (legacy[n], n), default=0)
+    for (group, _), attempt in attempts.items():
+        size = attempt[0].get("group_size")
+        if not _complete(attempt, size if isinstance(size, int) else default_size):
+            found.incomplete += 1
+        elif group in found.groups:
+            found.duplicates += 1
+        else:
+            found.groups[group] = attempt
+    return found
+
+
+def load_records(path: str | Path, group_size: int | None = None) -> list[dict[str, Any]]:
+    """The records of the complete groups of a recorded file, in file order (what was set aside is logged)."""
+    found = read_groups(path, group_size)
+    if found.damaged:
+        log.warning(
+            "%s: skipped %d unreadable line(s), %d incomplete attempt(s), %d duplicate attempt(s)",
+            path,
+            found.unreadable,
+            found.incomplete,
+            found.duplicates,
+        )
+    if not found.groups:
         raise ValueError(f"{path} holds no complete group of recorded rollouts")
-    return [record for group in complete for record in group]
+    return found.records()
 
 
 def replay_dataset(records: list[dict[str, Any]]) -> Any:
@@ -58,7 +132,9 @@ def replay_dataset(records: list[dict[str, Any]]) -> Any:
 
 
 class ReplayRollout:
-    """A TRL rollout function that hands back recorded samples: the next unused group for each prompt."""
+    """A TRL rollout function that hands back recorded samples: the next unused group for each prompt.
+
+    `records` are those of `load_records`: one attempt per group."""
 
     def __init__(self, records: list[dict[str, Any]], group_size: int):
         self.group_size = group_size

@@ -115,26 +115,39 @@ def rollout_output(states: list[State]) -> dict[str, list[Any]]:
 class AdapterSync(TrainerCallback):
     """Save the LoRA adapter every `every` optimizer steps and hot-load it into the vLLM policy server by name;
     rollouts then sample from it. The previous adapter is unloaded, so the server holds one. With several
-    training processes, the main one pushes and the others wait at a barrier; all derive the name from the step."""
+    training processes, the main one pushes and the others wait at a barrier; all derive the name from the step.
+
+    A resumed run first pushes the checkpoint's adapter, as `policy-step-<resumed step>`, before its first rollout:
+    a fresh server has never seen it, and a server that outlived the crash may hold an older copy under that name
+    (loading replaces it)."""
 
     def __init__(self, server: Any, base_name: str, directory: Path, every: int = 1):
         self.server, self.base_name, self.directory, self.every = server, base_name, directory, max(1, every)
+        self.resumed_at = 0
 
     def name_for(self, step: int) -> str:
-        """The adapter rollouts should request at `step` (the base model before the first push)."""
-        synced = (step // self.every) * self.every
+        """The adapter rollouts should request at `step`: the last push (the base model before the first one)."""
+        synced = max((step // self.every) * self.every, self.resumed_at if step >= self.resumed_at else 0)
         return f"policy-step-{synced}" if synced > 0 else self.base_name
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        # Trainer.train has loaded the checkpoint's weights (and global_step) by now, and samples nothing yet
+        if state.global_step > 0:
+            self.resumed_at = state.global_step
+            self._push(state, model, previous=None)
+
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        if state.global_step % self.every:
-            return
+        if state.global_step % self.every == 0:
+            self._push(state, model, previous=self.name_for(state.global_step - 1))
+
+    def _push(self, state: Any, model: Any, previous: str | None) -> None:
+        """Save the model's adapter and load it as `name_for(global_step)`; unload `previous` (not the base)."""
         if state.is_world_process_zero:
             name = self.name_for(state.global_step)
             path = self.directory / name
             getattr(model, "module", model).save_pretrained(path)
             self.server.load_lora_adapter(name, path)
-            previous = self.name_for(state.global_step - self.every)
-            if previous != self.base_name:
+            if previous is not None and previous not in (name, self.base_name):
                 self.server.unload_lora_adapter(previous)
                 shutil.rmtree(self.directory / previous, ignore_errors=True)
         import torch.distributed as dist

