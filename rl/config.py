@@ -110,6 +110,14 @@ class TrainConfig:
     tool_cache: bool = field(default=True, metadata={"help": "Identical tool calls across a group execute once."})
 
     # Operations.
+    collapse_after_steps: int | None = field(
+        default=10,
+        metadata={
+            "help": "From this step on, stop (saving) when the last collapse_window tags collapse onto one repeated "
+            "or failing tag; the verdict goes to output_dir/collapse.json (none: never)."
+        },
+    )
+    collapse_window: int = field(default=64, metadata={"help": "Tags the collapse check looks back over."})
     save_steps: int = field(default=10, metadata={"help": "Checkpoint every N steps (resume picks up the last)."})
     resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint in output_dir if any."})
     logging_steps: int = field(default=1, metadata={"help": "Log every N steps (console, log.jsonl, tensorboard)."})

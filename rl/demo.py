@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     adapter = train(cfg)
     trained_min = (time.monotonic() - started) / 60
+    collapse_file = Path(cfg.output_dir) / "collapse.json"
+    collapse = json.loads(collapse_file.read_text()) if collapse_file.is_file() else None
+    if collapse:
+        print(f"training stopped at step {collapse['step']}: {collapse['message']}", flush=True)
 
     print("[3/3] held-out again, with the adapter ...", flush=True)
     after, states = evaluate(heldout, adapter=str(adapter), max_tokens=args.eval_tokens)
@@ -78,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_minutes": round(trained_min, 1),
         "adapter": str(adapter),
         "target_tag_validity": TARGET,
+        "collapse": collapse,
     }
     (out / "demo.json").write_text(json.dumps(result, indent=2))
     (out / "heldout_drafts_after.json").write_text(json.dumps([s.draft for s in states], indent=2))
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         "image_num_score",
     ):
         print(f"  {key:20s} {before[key]:8.1%} {after[key]:8.1%}")
+    if collapse:
+        print(f"\nCOLLAPSED at step {collapse['step']}: {collapse['message']}")
     met = after["tag_validity"] >= TARGET
     print(f"\ntag validity target {TARGET:.0%}: {'met' if met else 'NOT met'} after {trained_min:.1f} min of training")
     print(

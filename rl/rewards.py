@@ -29,6 +29,7 @@ from judges.llm import LLMJudge
 from judges.mllm import MLLMJudge
 from judges.rule import format_score
 from llmi_graph.state import State
+from rl.collapse import TagWatch
 from rl.content import (
     RepetitionMemory,
     chart_numbers_score,
@@ -88,6 +89,7 @@ class RewardSuite:
             self.repetition = RepetitionMemory(seed=worked_example_texts())
         self._results: OrderedDict[str, asyncio.Future[HybridReward]] = OrderedDict()
         self.judge_seconds = 0.0  # for bench/rl.py
+        self.watch: TagWatch | None = None  # sees each rollout's tags once (rl.collapse)
 
     async def score(self, rollout_id: str, state: dict[str, Any], tools: list[str]) -> HybridReward:
         """The hybrid reward of one rollout, computed once however many functions ask."""
@@ -97,6 +99,8 @@ class RewardSuite:
             self._results[rollout_id] = future
             while len(self._results) > 4096:
                 self._results.popitem(last=False)
+            if self.watch is not None:
+                self.watch.observe(state)
             started = time.perf_counter()
             try:
                 result = await score_state(

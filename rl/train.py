@@ -27,6 +27,7 @@ from judges.hybrid import HybridOptions
 from judges.llm import LLMJudge
 from judges.mllm import MLLMJudge
 from llmi_graph import Config
+from rl.collapse import CollapseGuard, TagWatch
 from rl.config import TrainConfig
 from rl.data import RowIndex, load_rows, to_dataset
 from rl.rewards import RewardSuite
@@ -258,6 +259,9 @@ def train(cfg: TrainConfig) -> Path:
             factory = trainer_policy
         rollout = rollout_func = GraphRollout(RowIndex(rows), graph_cfg, factory)
         funcs, weights = suite.functions()
+        if cfg.collapse_after_steps is not None:
+            suite.watch = TagWatch(cfg.collapse_window)
+            callbacks.append(CollapseGuard(suite.watch, output_dir, after_steps=cfg.collapse_after_steps))
     callbacks.insert(0, RolloutTimings(rollout, suite))  # before JsonlLogger, so log.jsonl has the timings
     lora = None
     if cfg.lora:
