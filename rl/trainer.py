@@ -25,6 +25,8 @@ import torch
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
+from rl.prefix import SharedPrefixLogps
+
 IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
@@ -85,8 +87,9 @@ def fold_into_advantages(advantages: torch.Tensor, weights: torch.Tensor) -> tor
     return advantages * weights.detach()
 
 
-class LlmiGRPOTrainer(GRPOTrainer):
-    """TRL's GRPOTrainer, with TRL's vLLM off-policy correction applied to the logprobs a `rollout_func` returns."""
+class LlmiGRPOTrainer(SharedPrefixLogps, GRPOTrainer):
+    """TRL's GRPOTrainer, with TRL's vLLM off-policy correction applied to the logprobs a `rollout_func` returns,
+    and the loss pass running each group's shared prompt once (`rl.prefix.SharedPrefixLogps`)."""
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -49,6 +50,7 @@ class FakeVllm:
         self.loads: list[tuple[str, dict[str, torch.Tensor]]] = []  # every load: the name, the weights read then
         self.events: list[tuple[str, str]] = []  # ("load" | "unload" | "chat", name)
         self._count = 0
+        self._per_prompt: Counter[bytes] = Counter()
         self._app = LoopbackApp(self._build())
 
     @property
@@ -94,9 +96,12 @@ class FakeVllm:
             self.events.append(("chat", model))
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
-            text = DRAFTS[self._count % len(DRAFTS)]
-            self._count += 1
             digest = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).digest()
+            # Alternate per prompt, not per arrival: each group of two then holds both drafts (two rewards, so a
+            # non-zero advantage) however the concurrent requests arrive.
+            text = DRAFTS[self._per_prompt[digest] % len(DRAFTS)]
+            self._per_prompt[digest] += 1
+            self._count += 1
             prompt_ids = [1, *(100 + b for b in digest[:8])]  # the same messages, the same prompt ids
             token_ids = [200 + ord(ch) for ch in text]
             logprobs = [{"token": ch, "logprob": -0.5, "bytes": None, "top_logprobs": []} for ch in text]
