@@ -29,6 +29,7 @@ import contextlib
 import logging
 import math
 import os
+import random
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -77,6 +78,20 @@ def connect(address: str, *, num_cpus: int | None = None) -> bool:
     return True
 
 
+async def _setup_sqlite(saver: Any, attempts: int = 8) -> None:
+    """`saver.setup()`, retried with backoff while another worker holds the SQLite file's lock."""
+    import sqlite3
+
+    for attempt in range(attempts):
+        try:
+            await saver.setup()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.1 * 2**attempt + random.random() * 0.1)
+
+
 class GraphWorker:
     """A Ray actor running samples through its own llmi graph and checkpointer, many at once on one event loop."""
 
@@ -96,10 +111,11 @@ class GraphWorker:
                     open_checkpointer(self.checkpoint_url, self.sqlite_path)
                 )
                 if not (self.checkpoint_url or "").startswith(("postgresql://", "postgres://")):
-                    # SQLite, one file for the workers of this machine: WAL and the tables before they all
-                    # write, and a writer waits its turn (30 s) rather than failing at once.
-                    await self._saver.setup()
+                    # SQLite, one file for the workers of this machine: a writer waits its turn (30 s) rather
+                    # than failing at once, then WAL and the tables before they all write. Workers start together,
+                    # and switching to WAL takes the file's lock: a worker that still finds it locked retries.
                     await self._saver.conn.execute("PRAGMA busy_timeout = 30000")
+                    await _setup_sqlite(self._saver)
                 self._graph = build_graph(config=self.cfg, checkpointer=self._saver)
         return self._graph
 

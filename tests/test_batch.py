@@ -217,6 +217,11 @@ def test_kill_9_mid_batch_then_the_same_command_completes_every_sample_once(tmp_
         assert [c["status"] for c in trajectory["calls"]] == ["ok"]
 
 
+RESET_SIGINT_THEN_EXEC = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
 def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"prompt": f"Topic {i}", "image_num": 0}) + "\n" for i in range(6)))
@@ -225,7 +230,12 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_continues(tmp_path):
         command = [LLMI, "batch", str(rows), "--out", str(out), "--concurrency", "2", "--policy-url", policy.url,
                    "--model", "fake"]  # fmt: skip
         env = {**os.environ, "LLMI_CACHE_DIR": str(tmp_path / "cache")}
-        first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # A shell that starts a job in the background (`cmd &`) gives it SIGINT ignored, and a program that inherits
+        # that must keep ignoring it: reset the disposition to the default, as a terminal's foreground job has it.
+        as_foreground = [sys.executable, "-c", RESET_SIGINT_THEN_EXEC, *command]
+        first = subprocess.Popen(
+            as_foreground, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         results = out / "results.jsonl"
         deadline = time.time() + 120
         while not (results.is_file() and len(results.read_text().splitlines()) >= 2):
