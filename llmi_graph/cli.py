@@ -39,6 +39,21 @@ def _root() -> None:
     """llmi: a policy LLM writes text with image tags; search, diffusion, code and edit tools fill them in."""
 
 
+# Operator options that `llmi run` and `llmi batch` share (one declaration, one help line).
+CacheDirOption = Annotated[str | None, typer.Option(help="Model cache and image store (default ~/.cache/llmi).")]
+SearchBackendOption = Annotated[str | None, typer.Option(help="auto, serpapi, library or none.")]
+LibraryOption = Annotated[str | None, typer.Option(help="A folder of images for the library search backend.")]
+DiffusionBackendOption = Annotated[str | None, typer.Option(help="auto, server, diffusers, openai or none.")]
+EditBackendOption = Annotated[str | None, typer.Option(help="auto, server, diffusers, openai, local or none.")]
+CodeBackendOption = Annotated[str | None, typer.Option(help="auto, local or e2b.")]
+ImageServerOption = Annotated[
+    list[str] | None, typer.Option(help="A Qwen-Image server URL for diffusion (repeatable).")
+]
+EditServerOption = Annotated[
+    list[str] | None, typer.Option(help="A Qwen-Image-Edit server URL for edits (repeatable).")
+]
+
+
 @app.command()
 def run(
     prompt: Annotated[str, typer.Argument(help="What the document should be about.")],
@@ -61,18 +76,14 @@ def run(
     tools: Annotated[
         str | None, typer.Option(help=f"Comma-separated tools this request may use ({','.join(SOURCES)}).")
     ] = None,
-    cache_dir: Annotated[str | None, typer.Option(help="Model cache and image store (default ~/.cache/llmi).")] = None,
-    search_backend: Annotated[str | None, typer.Option(help="auto, serpapi, library or none.")] = None,
-    library: Annotated[str | None, typer.Option(help="A folder of images for the library search backend.")] = None,
-    diffusion_backend: Annotated[str | None, typer.Option(help="auto, server, diffusers, openai or none.")] = None,
-    edit_backend: Annotated[str | None, typer.Option(help="auto, server, diffusers, openai, local or none.")] = None,
-    code_backend: Annotated[str | None, typer.Option(help="auto, local or e2b.")] = None,
-    image_server: Annotated[
-        list[str] | None, typer.Option(help="A Qwen-Image server URL for diffusion (repeatable).")
-    ] = None,
-    edit_server: Annotated[
-        list[str] | None, typer.Option(help="A Qwen-Image-Edit server URL for edits (repeatable).")
-    ] = None,
+    cache_dir: CacheDirOption = None,
+    search_backend: SearchBackendOption = None,
+    library: LibraryOption = None,
+    diffusion_backend: DiffusionBackendOption = None,
+    edit_backend: EditBackendOption = None,
+    code_backend: CodeBackendOption = None,
+    image_server: ImageServerOption = None,
+    edit_server: EditServerOption = None,
     tool_cache: Annotated[
         bool | None, typer.Option("--tool-cache/--no-tool-cache", help="Reuse identical tool calls across runs.")
     ] = None,
@@ -307,18 +318,14 @@ def batch(
     max_tokens: Annotated[int | None, typer.Option(help="Most tokens the policy may write.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0: greedy).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed (each sample adds its number to it).")] = None,
-    cache_dir: Annotated[str | None, typer.Option(help="Model cache and image store (default ~/.cache/llmi).")] = None,
-    search_backend: Annotated[str | None, typer.Option(help="auto, serpapi, library or none.")] = None,
-    library: Annotated[str | None, typer.Option(help="A folder of images for the library search backend.")] = None,
-    diffusion_backend: Annotated[str | None, typer.Option(help="auto, server, diffusers, openai or none.")] = None,
-    edit_backend: Annotated[str | None, typer.Option(help="auto, server, diffusers, openai, local or none.")] = None,
-    code_backend: Annotated[str | None, typer.Option(help="auto, local or e2b.")] = None,
-    image_server: Annotated[
-        list[str] | None, typer.Option(help="A Qwen-Image server URL for diffusion (repeatable).")
-    ] = None,
-    edit_server: Annotated[
-        list[str] | None, typer.Option(help="A Qwen-Image-Edit server URL for edits (repeatable).")
-    ] = None,
+    cache_dir: CacheDirOption = None,
+    search_backend: SearchBackendOption = None,
+    library: LibraryOption = None,
+    diffusion_backend: DiffusionBackendOption = None,
+    edit_backend: EditBackendOption = None,
+    code_backend: CodeBackendOption = None,
+    image_server: ImageServerOption = None,
+    edit_server: EditServerOption = None,
     tool_cache: Annotated[
         bool | None, typer.Option("--tool-cache/--no-tool-cache", help="Reuse identical tool calls across samples.")
     ] = None,
