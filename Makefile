@@ -74,10 +74,15 @@ serve-policy: $(STAMP) $(VLLM_STAMP)
 run: $(STAMP)
 	$(BIN)/llmi run "$(PROMPT)" $(if $(OUT),--out "$(OUT)")
 
-# GRPO on SmolLM2-135M with LoRA for at most 30 minutes on the CPU; prints held-out tag validity before and after.
-DEMO_MINUTES ?= 30
+# GRPO on SmolLM2-135M with LoRA: three seeds of DEMO_STEPS steps (each capped at DEMO_MINUTES) on the CPU, then the
+# held-out figures before and after (mean and spread over the seeds). Rerun to resume. SHIP=path also writes the
+# first seed's adapter there with a model card (`llmi run --adapter shipped` reads llmi_graph/adapters/smollm2-llmi).
+DEMO_STEPS ?= 40
+DEMO_MINUTES ?= 45
+DEMO_SEEDS ?= 0 1 2
+SHIP ?=
 train-demo: $(STAMP)
-	$(BIN)/python -m rl.demo --minutes $(DEMO_MINUTES) --out rl-out/demo
+	$(BIN)/python -m rl.demo --steps $(DEMO_STEPS) --minutes $(DEMO_MINUTES) --seeds $(DEMO_SEEDS) --out rl-out/demo $(if $(SHIP),--ship "$(SHIP)")
 
 test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -124,7 +125,9 @@ def bench_throughput(rollouts: int, tmp: Path) -> bool:
         graph_tokens = sum(len(ids) for ids in out["completion_ids"])
         graph_tps = graph_tokens / elapsed
     except RequestFailed as exc:
-        print(f"rollout throughput: failed ({exc}); the server log: {tmp / 'vllm.log'}")
+        kept = Path.cwd() / "bench-rl-vllm.log"  # the temporary folder goes when the bench ends; the log must not
+        shutil.copyfile(tmp / "vllm.log", kept)
+        print(f"rollout throughput: failed ({exc}); the server log: {kept}")
         return False
     finally:
         server.stop()

@@ -11,8 +11,9 @@ so an id names the same prompt in every run, whatever the order of the file, and
 Metrics (`METRICS`): `hybrid` (R, 0-1, both judges), `image_num_score` (0-1, rule, the same count and split
 as R), `llm_text` and `llm_image` (1-5, the LLM judge on the raw draft), `mllm_quality`, `mllm_task` and
 `mllm_text_image` (1-5, the multimodal judge on the document; only asked when an image was made), `tool_score`
-(0-1, rule: `judges.rule.tool_score` of the row's tools; not scored for rows that need none) and `tag_validity`
-(0-1, rule).
+(0-1, rule: `judges.rule.tool_score` of the row's tools; not scored for rows that need none), `tag_validity`
+(0-1, rule), `made_image` (0-1: at least one image made; rows that want images) and `chart_numbers` (0-1,
+`rl.content.chart_numbers_score`: the prompt's numbers in working chart code; prompts that give numbers).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from judges.mllm import MLLMJudge
 from judges.rule import tag_validity, tool_score
 from llmi_graph.state import State
 from llmi_graph.tags import SOURCES
+from rl.content import chart_numbers_score, succeeded_indices
 from rl.data import HELDOUT_FILE, Row, load_rows
 
 DATA_FILE = HELDOUT_FILE
@@ -50,8 +52,15 @@ METRICS = (
     Metric("mllm_text_image", "The multimodal judge's Text-image relevance.", judge=True, scale="1-5"),
     Metric("tool_score", "Did the draft use (and succeed with) the tools the prompt needs, weighted.", scale="0-1"),
     Metric("tag_validity", "Share of the draft's <imgen> tags that parse and validate.", scale="0-1"),
+    Metric("made_image", "Did the draft make at least one image (rows that want images).", scale="0-1"),
+    Metric(
+        "chart_numbers",
+        "Share of the prompt's numbers, names and labels in working chart code (prompts that give numbers).",
+        scale="0-1",
+    ),
 )
 
+NO_NUMBERS = "the prompt gives no numbers for a chart (or wants no images, or no chart)"
 NOT_ASKED = "no image was made, so the multimodal judge was not asked (R counts it 5, 5, 5, as in the paper)"
 LLM_METRICS = {"text": "llm_text", "image": "llm_image"}
 MLLM_METRICS = {"quality": "mllm_quality", "task_relevance": "mllm_task", "text_image_relevance": "mllm_text_image"}
@@ -150,6 +159,13 @@ class IndomainBenchmark:
             result.set("tool_score", tool_score(tools, attempted, succeeded))
         else:
             result.set("tool_score", None, "the prompt needs no tool")
+        dumped = state.model_dump(mode="json")
+        if item.request["image_num"] == -1:
+            result.set("made_image", None, "the prompt wants no images")
+        else:
+            result.set("made_image", float(bool(succeeded_indices(dumped))))
+        numbers = chart_numbers_score(dumped, tools or None)
+        result.set("chart_numbers", numbers, None if numbers is not None else NO_NUMBERS)
         validity = tag_validity(state.draft, len(item.request.get("images", [])))
         result.set("tag_validity", validity, "the draft has no <imgen> tags")
         result.details["hybrid"] = {key: value for key, value in reward.as_dict().items() if key != "judges"}

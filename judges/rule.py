@@ -112,7 +112,11 @@ def opener_likeness(draft: str) -> float:
 
 
 def format_score(
-    draft: str, image_num: int, num_input_images: int = 0, succeeded: Collection[int] | None = None
+    draft: str,
+    image_num: int,
+    num_input_images: int = 0,
+    succeeded: Collection[int] | None = None,
+    failed_credit: float = 0.0,
 ) -> float:
     """How well the draft follows the tag format, 0 to 1 (the documented partial-credit format reward).
 
@@ -120,8 +124,9 @@ def format_score(
     factor (`image_num_score` of the number of tags; for image_num 0, -0.3 per tag beyond three), so repeating
     tags does not pay; with no tags: 0.1 x `opener_likeness` (below any real tag's credit).
 
-    `succeeded`, when given, is the set of image indices whose tool made an image: a tag outside it earns no
-    credit (so a tag whose tool fails, such as `plt.line()`, stops paying once training is past its warm-up)."""
+    `succeeded`, when given, is the set of image indices whose tool made an image: a tag outside it earns only
+    `failed_credit` times its credit (default 0: so a tag whose tool fails, such as `plt.line()`, stops paying once
+    training is past its warm-up)."""
     calls = parse_tags(draft, num_input_images).calls
     if image_num == -1:
         return 0.0 if calls else 1.0
@@ -129,7 +134,7 @@ def format_score(
         return 0.1 * opener_likeness(draft)
     count = len(calls)
     factor = max(0.0, 1.0 - 0.3 * max(0, count - 3)) if image_num == 0 else image_num_score(count, image_num)
-    credits = (tag_credit(c) if succeeded is None or c.index in succeeded else 0.0 for c in calls)
+    credits = (tag_credit(c) * (1.0 if succeeded is None or c.index in succeeded else failed_credit) for c in calls)
     return factor * sum(credits) / count
 
 

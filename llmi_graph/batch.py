@@ -379,12 +379,28 @@ async def run_batch(
         executor_context = ray_executor(settings, out, cfg)
     else:
         executor_context = local_executor(settings, out, cfg, policy, toolbox)
-    if not todo:  # nothing to run: start no executor (no Ray, no checkpointer)
+
+    async def forget_finished(executor: SampleExecutor) -> None:
+        """A kill between recording a sample and forgetting its checkpoints leaves them behind, and a finished sample
+        never runs again: a rerun forgets every finished one (deleting what is not there is cheap)."""
+        gate = asyncio.Semaphore(max(settings.concurrency, 8))
+
+        async def forget(sample: BatchSample) -> None:
+            async with gate:
+                await executor.forget(sample)
+
+        await asyncio.gather(*(forget(s) for s in all_samples if s.id in ledger))
+
+    if not todo:  # nothing to run: start no Ray workers; a local checkpointer only to forget what a kill left
+        if outcome.done_before and not settings.ray_address:
+            async with executor_context as executor:
+                await forget_finished(executor)
         await asyncio.to_thread(write_summary, out, identity, ledger.records, outcome, settings)
         return outcome
     try:
         async with executor_context as executor:
             gate = asyncio.Semaphore(settings.concurrency)
+            await forget_finished(executor)
             stop = asyncio.Event()
             streak = 0  # policy errors in a row: the policy is down, stop asking it
 

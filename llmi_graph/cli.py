@@ -20,6 +20,7 @@ from rich.text import Text
 from llmi_graph._cli_config import dataclass_command
 from llmi_graph.config import Config
 from llmi_graph.graph import InputError, PolicyError, build_graph, image_store
+from llmi_graph.policy import SHIPPED_ADAPTER, explicit_adapter, resolve_adapter
 from llmi_graph.report import write_report
 from llmi_graph.state import Request, State
 from llmi_graph.store import InvalidImageError, data_url
@@ -27,6 +28,8 @@ from llmi_graph.tags import SOURCES
 from llmi_graph.toolbox import Toolbox, close_toolboxes, toolbox_for
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="llmi: interleaved text-and-image documents.")
+ADAPTER_HELP = "A LoRA adapter for the embedded policy (what rl/train.py saves); 'none' (the default): the base model."
+
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -66,9 +69,7 @@ def run(
         str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model name at --policy-url.")] = None,
-    adapter: Annotated[
-        str | None, typer.Option(help="A LoRA adapter for the embedded policy (what rl/train.py saves).")
-    ] = None,
+    adapter: Annotated[str | None, typer.Option(help=ADAPTER_HELP)] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Most tokens the policy may write.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0: greedy).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
@@ -102,10 +103,7 @@ def run(
             edit_server_urls=",".join(edit_server) if edit_server else None, tool_cache=tool_cache,
         )  # fmt: skip
         toolbox = toolbox_for(cfg)
-        if adapter and policy_url:
-            raise CliError("--adapter is for the embedded policy; at a server, load it there and pass --model NAME")
-        if adapter and not (Path(adapter) / "adapter_config.json").is_file():
-            raise CliError(f"--adapter {adapter}: not a LoRA adapter folder (no adapter_config.json)")
+        _check_adapter(adapter, policy_url)
         out_dir = _prepare_out(out)
     except (CliError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -200,6 +198,14 @@ def _describe_tools(cfg: Config, toolbox: Toolbox) -> None:
         backend = toolbox.backend(source)
         parts.append(f"{source}: {getattr(backend, 'name', type(backend).__name__)}" if backend else f"{source}: -")
     console.print("tools  " + "  ".join(parts), highlight=False)
+    if not cfg.policy_url:
+        adapter = resolve_adapter(cfg.adapter, cfg.embedded_model_path)
+        named = (
+            "the shipped LoRA adapter" if adapter == SHIPPED_ADAPTER else (str(adapter) if adapter else "no adapter")
+        )
+        hint = " (--adapter none for the base model)" if adapter else ""
+        model = Path(cfg.embedded_model_path).name if cfg.embedded_model_path else "SmolLM2-135M-Instruct"
+        console.print(f"policy embedded {model} with {named}{hint}", highlight=False)
     for source in SOURCES:
         if toolbox.backend(source) is None:
             console.print(f"[dim]  {source}: {toolbox.missing_reason(source)}[/dim]", highlight=False)
@@ -312,9 +318,7 @@ def batch(
         str | None, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
     ] = None,
     model: Annotated[str | None, typer.Option(help="Model name at --policy-url.")] = None,
-    adapter: Annotated[
-        str | None, typer.Option(help="A LoRA adapter for the embedded policy (what rl/train.py saves).")
-    ] = None,
+    adapter: Annotated[str | None, typer.Option(help=ADAPTER_HELP)] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Most tokens the policy may write.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0: greedy).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed (each sample adds its number to it).")] = None,
@@ -355,6 +359,16 @@ def batch(
     raise typer.Exit(code)
 
 
+def _check_adapter(adapter: str | None, policy_url: str | None) -> None:
+    """--adapter names a LoRA folder, 'shipped' or 'none'; a folder is for the embedded policy only."""
+    if explicit_adapter(adapter) and policy_url:
+        raise CliError("--adapter is for the embedded policy; at a server, load it there and pass --model NAME")
+    try:
+        resolve_adapter(adapter)
+    except FileNotFoundError as exc:
+        raise CliError(f"--adapter {adapter}: {exc}") from None
+
+
 def _operator_config(
     *,
     policy_url: str | None,
@@ -374,10 +388,7 @@ def _operator_config(
     tool_cache: bool | None,
 ) -> Config:
     """The operator config of a batch or an evaluation: the environment's, with the command line's options."""
-    if adapter and policy_url:
-        raise CliError("--adapter is for the embedded policy; at a server, load it there and pass --model NAME")
-    if adapter and not (Path(adapter) / "adapter_config.json").is_file():
-        raise CliError(f"--adapter {adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    _check_adapter(adapter, policy_url)
     return Config.from_env(
         policy_url=policy_url, policy_model=model, adapter=adapter, max_tokens=max_tokens, temperature=temperature,
         seed=seed, cache_dir=cache_dir, search_backend=search_backend, search_library_dir=library,

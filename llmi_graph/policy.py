@@ -387,13 +387,45 @@ def _embedded(model_dir: str, adapter: str | None = None) -> EmbeddedPolicy:
     return EmbeddedPolicy(model_dir, adapter)
 
 
+SHIPPED_ADAPTER = Path(__file__).resolve().parent / "adapters" / "smollm2-llmi"
+"""Where the LoRA adapter that ships with llmi lives (`--adapter shipped`; its model card is README.md there). None
+ships yet: the CPU demo's recipes have not met issue 12's held-out targets (see the README's RL section)."""
+
+
+def resolve_adapter(adapter: str | None, embedded_model_path: str | None = None) -> Path | None:
+    """The adapter folder an `adapter` setting names: None for 'none' or empty; for 'shipped', `SHIPPED_ADAPTER`
+    when the embedded model is the default SmolLM2 (None for a model of the operator's own, which it does not fit;
+    FileNotFoundError while none ships); else the folder, which must hold adapter_config.json (FileNotFoundError
+    otherwise)."""
+    if not adapter or adapter.strip().lower() == "none":
+        return None
+    if adapter == "shipped":
+        if embedded_model_path is not None:
+            return None
+        if not (SHIPPED_ADAPTER / "adapter_config.json").is_file():
+            raise FileNotFoundError(
+                f"no adapter ships with this llmi yet ({SHIPPED_ADAPTER} is empty): train one with `make train-demo` "
+                "and pass --adapter rl-out/demo/seed0/adapter"
+            )
+        return SHIPPED_ADAPTER
+    path = Path(adapter).expanduser().resolve()
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
+    return path
+
+
+def explicit_adapter(adapter: str | None) -> bool:
+    """Whether an adapter setting names a folder of the operator's (not 'shipped', 'none' or unset)."""
+    return bool(adapter) and adapter not in ("shipped",) and adapter.strip().lower() != "none"
+
+
 def policy_for(cfg: Config) -> Policy:
-    """The policy a config describes: an OpenAI-compatible endpoint, else the embedded model (cached)."""
+    """The policy a config describes: an OpenAI-compatible endpoint, else the embedded model (cached), with the
+    adapter `resolve_adapter` finds."""
     if cfg.policy_url:
         return OpenAIPolicy(cfg.policy_url, cfg.policy_model, cfg.policy_api_key, cfg.policy_timeout_s)
-    adapter = str(Path(cfg.adapter).expanduser().resolve()) if cfg.adapter else None
-    if adapter and not (Path(adapter) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{cfg.adapter} is not a LoRA adapter folder (no adapter_config.json)")
+    resolved = resolve_adapter(cfg.adapter, cfg.embedded_model_path)
+    adapter = str(resolved) if resolved else None
     if cfg.embedded_model_path:
         return _embedded(str(Path(cfg.embedded_model_path).expanduser().resolve()), adapter)
     from llmi_graph._embedded import cached_model_dir

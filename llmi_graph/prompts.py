@@ -20,20 +20,34 @@ _TOOL_LINES = {
     "then your tags, from 0.",
 }
 
-# Short worked examples (question, answer) per tool. The first carries the paper's unescaped-quote style.
+# Short worked examples (question, answer) per tool, the first ones first. The first carries the paper's unescaped-quote
+# style; the code ones show a question's own numbers plotted, a function, and a chart of facts for a topic that is no
+# data question (on a bare machine code is the only tool that makes images).
 _EXAMPLES = {
     "code": [
         (
-            "How did the temperature in Paris change this week?",
-            "Paris warmed up all week.\n"
-            "<imgen>{'source': 'code', 'description': 'Daily highs in Paris', 'params': {'code': "
-            "'plt.plot(['Mon', 'Wed', 'Fri'], [14, 17, 21])'}}</imgen>",
+            "Our café sold 40, 55 and 72 cakes on Friday, Saturday and Sunday. Show the sales.",
+            "Sales grew every day, from 40 to 72 cakes.\n"
+            "<imgen>{'source': 'code', 'description': 'Cakes sold per day', 'params': {'code': "
+            "'plt.bar(['Fri', 'Sat', 'Sun'], [40, 55, 72])'}}</imgen>",
         ),
         (
             "Explain a sine wave.",
             "A sine wave repeats every 2π.\n"
             "<imgen>{'source': 'code', 'description': 'y = sin(x)', 'params': {'code': "
             "'x = np.linspace(0, 13)\\nplt.plot(x, np.sin(x))'}}</imgen>",
+        ),
+        (
+            "Introduce Mount Fuji.",
+            "Mount Fuji is the highest mountain in Japan, 3,776 m tall.\n"
+            "<imgen>{'source': 'code', 'description': 'Mount Fuji beside other peaks of Japan', 'params': {'code': "
+            "\"plt.bar(['Fuji', 'Kita', 'Hotaka'], [3776, 3193, 3190])\"}}</imgen>",
+        ),
+        (
+            "How did the temperature in Paris change this week?",
+            "Paris warmed up all week.\n"
+            "<imgen>{'source': 'code', 'description': 'Daily highs in Paris', 'params': {'code': "
+            "'plt.plot(['Mon', 'Wed', 'Fri'], [14, 17, 21])'}}</imgen>",
         ),
         (
             "How fast do trees lose their leaves?",
@@ -85,6 +99,11 @@ def build_system_prompt(tools: Sequence[str], image_num: int = 0) -> str:
             count_rule(image_num),
         ]
     )
+
+
+def all_examples() -> list[tuple[str, str]]:
+    """Every worked example (question, answer), whichever a request gets."""
+    return [example for examples in _EXAMPLES.values() for example in examples]
 
 
 def example_turns(tools: Sequence[str], image_num: int = 0) -> list[dict[str, str]]:

@@ -7,7 +7,9 @@ once per rollout) and `CollapseGuard` checks them after each optimizer step past
 
 - *repeated*: one tag, keyed by what it asks the tool for (its code, query or prompt, whitespace and case folded),
   makes up at least `share` of the window's tags, across at least `min_prompts` different prompts;
-- *failing*: at least `failing_share` of the window's tags made no image, across at least `min_prompts` prompts.
+- *failing*: at least `failing_share` of the window's tags made no image, across at least `min_prompts` prompts,
+  and one failing tag makes up at least `failing_key_share` of the window: the policy settled on a tag that fails.
+  Many different failing tags are a policy that has not learned yet (every run starts there), not a collapse.
 
 Either way the run saves a checkpoint, writes `collapse.json` (the verdict, the tag, the step) into the output
 folder, prints the verdict, and stops: a collapsed run is a finding, not a result to keep training on.
@@ -52,8 +54,8 @@ class Verdict:
                 f"{self.prompts} prompts, ask for {self.example!r}"
             )
         return (
-            f"the policy collapsed onto failing tags: {self.share:.0%} of the last {self.tags} tags, over "
-            f"{self.prompts} prompts, made no image (for example {self.example!r})"
+            f"the policy collapsed onto a failing tag: {self.share:.0%} of the last {self.tags} tags, over "
+            f"{self.prompts} prompts, made no image, most of them {self.example!r}"
         )
 
 
@@ -82,7 +84,9 @@ class TagWatch:
         with self._lock:
             self._tags.extend(tags)
 
-    def verdict(self, share: float = 0.8, failing_share: float = 0.95, min_prompts: int = 3) -> Verdict | None:
+    def verdict(
+        self, share: float = 0.8, failing_share: float = 0.95, min_prompts: int = 3, failing_key_share: float = 0.5
+    ) -> Verdict | None:
         """A collapse verdict once the window is full, else None."""
         with self._lock:
             tags = list(self._tags)
@@ -93,9 +97,12 @@ class TagWatch:
         if count / len(tags) >= share and prompts >= min_prompts:
             return Verdict("repeated", count / len(tags), len(tags), prompts, key[:200])
         failed = [t for t in tags if not t.made]
-        if len(failed) / len(tags) >= failing_share:
-            common = Counter(t.key for t in failed).most_common(1)[0][0]
-            return Verdict("failing", len(failed) / len(tags), len(tags), len({t.prompt for t in tags}), common[:200])
+        if failed and len(failed) / len(tags) >= failing_share:
+            common, times = Counter(t.key for t in failed).most_common(1)[0]
+            if times / len(tags) >= failing_key_share:
+                return Verdict(
+                    "failing", len(failed) / len(tags), len(tags), len({t.prompt for t in tags}), common[:200]
+                )
         return None
 
 
@@ -110,15 +117,17 @@ class CollapseGuard(TrainerCallback):
         share: float = 0.8,
         failing_share: float = 0.95,
         min_prompts: int = 3,
+        failing_key_share: float = 0.5,
     ):
         self.watch, self.path, self.after_steps = watch, Path(output_dir) / "collapse.json", after_steps
         self.share, self.failing_share, self.min_prompts = share, failing_share, min_prompts
+        self.failing_key_share = failing_key_share
         self.found: Verdict | None = None
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step < self.after_steps or self.found is not None:
             return
-        verdict = self.watch.verdict(self.share, self.failing_share, self.min_prompts)
+        verdict = self.watch.verdict(self.share, self.failing_share, self.min_prompts, self.failing_key_share)
         if verdict is None:
             return
         self.found = Verdict(**{**asdict(verdict), "step": state.global_step})

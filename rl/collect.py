@@ -8,6 +8,14 @@ the round. Rerunning the same command resumes: groups recorded complete are skip
 damaged (a torn last line, a group cut short) is first rewritten to hold just its complete groups, so the partial
 group is collected again from scratch; the file then holds each group once. One collector per file at a time
 (a lock file beside it says so). Then: `python rl/train.py --replay rollouts.jsonl`.
+
+Every sample records what the online reward suite (`rl.rewards`) pays, so replay can weight it as training would:
+the judges' R and components, `format` (every tag's credit) and `format_success` (only tags whose tool made an
+image), and the content rewards `relevance`, `chart_numbers` (None where not scored) and `repetition` (minus the
+penalty; 0.0 for none). Repetition is scored against one memory per collector run, seeded with the planner's worked
+examples and fed each group as it is scored, as training feeds it each batch: a sample's value depends on what this
+run collected before it (with --concurrency above 1, in the order groups finish), and a resumed run starts with
+the worked examples only.
 """
 
 from __future__ import annotations
@@ -27,6 +35,14 @@ from rich.progress import Progress
 from judges.rule import format_score
 from llmi_graph import Config, State, build_graph
 from llmi_graph.policy import Policy, policy_for
+from rl.content import (
+    RepetitionMemory,
+    chart_numbers_score,
+    relevance_scores,
+    succeeded_indices,
+    worked_example_texts,
+    written_texts,
+)
 from rl.data import TRAIN_FILE, Row, load_rows
 from rl.replay import read_groups
 from rl.rewards import RewardSuite
@@ -80,21 +96,53 @@ def hold_lock(path: Path) -> int:
     return fd
 
 
-async def collect_group(row: Row, policy: Policy, cfg: Config, suite: RewardSuite, size: int, gid: str) -> list[dict]:
-    """One attempt at a group: G graph runs of the row, each scored."""
+async def content_rewards(
+    states: list[dict[str, Any]], rollout_ids: list[str], tools: list[str], memory: RepetitionMemory
+) -> list[dict[str, float | None]]:
+    """One group's success-only format and content rewards, as the online suite computes them; `memory` then
+    remembers the group."""
+    relevance = await asyncio.to_thread(relevance_scores, states)  # MiniLM blocks: off the event loop
+    drafts = [
+        (s["prompt"], rid, written_texts(s.get("calls") or [])) for s, rid in zip(states, rollout_ids, strict=True)
+    ]
+    penalties = await asyncio.to_thread(memory.penalties, drafts)
+    return [
+        {
+            "format_success": format_score(
+                state["draft"],
+                state["image_num"],
+                len(state["input_images"]),
+                succeeded=succeeded_indices(state),
+                failed_credit=0.0,
+            ),
+            "relevance": relevant,
+            "chart_numbers": chart_numbers_score(state, tools),
+            "repetition": -penalty if penalty else 0.0,
+        }
+        for state, relevant, penalty in zip(states, relevance, penalties, strict=True)
+    ]
+
+
+async def collect_group(
+    row: Row, policy: Policy, cfg: Config, suite: RewardSuite, memory: RepetitionMemory, size: int, gid: str
+) -> list[dict]:
+    """One attempt at a group: G graph runs of the row, each scored (repetition against `memory`)."""
     graph = build_graph(policy=policy)
     attempt = uuid.uuid4().hex
-    states = await asyncio.gather(*(graph.ainvoke(row.request(), context=cfg) for _ in range(size)))
+    raws = await asyncio.gather(*(graph.ainvoke(row.request(), context=cfg) for _ in range(size)))
+    states = [State.model_validate(raw) for raw in raws]
+    dumped = [state.model_dump(mode="json") for state in states]
+    rollout_ids = [f"{attempt}-{k}" for k in range(size)]
+    content = await content_rewards(dumped, rollout_ids, list(row.tools), memory)
     records = []
-    for k, raw in enumerate(states):
-        state = State.model_validate(raw)
+    for k, state in enumerate(states):
         policy_out = state.policy
         assert policy_out is not None
         if not policy_out.completion_token_ids or policy_out.logprobs is None or policy_out.prompt_token_ids is None:
             raise RuntimeError(
                 "the policy returned no token ids or logprobs: use vLLM (return_token_ids) or the embedded model"
             )
-        reward = await suite.score(f"{attempt}-{k}", state.model_dump(mode="json"), list(row.tools))
+        reward = await suite.score(rollout_ids[k], dumped[k], list(row.tools))
         records.append(
             {
                 "group": gid,
@@ -111,6 +159,7 @@ async def collect_group(row: Row, policy: Policy, cfg: Config, suite: RewardSuit
                     "llm_judge": reward.llm,
                     "mllm_judge": reward.mllm,
                     "format": format_score(state.draft, state.image_num, len(state.input_images)),
+                    **content[k],
                 },
                 "policy_model": policy_out.model,
                 "draft": state.draft,
@@ -158,6 +207,8 @@ async def collect_into(out: Path, rows: list[Row], args: argparse.Namespace) -> 
     )
     policy: Policy = policy_for(cfg)
     suite = reward_suite(args.train_config)
+    seed = worked_example_texts()  # as reward_suite seeds training's memory
+    memory = RepetitionMemory(args.train_config.repetition_memory, args.train_config.repetition_threshold, seed=seed)
     groups: dict[str, Row] = {}
     for row in rows:
         groups.setdefault(group_id(row, args.group, args.round), row)  # a repeated row is one group
@@ -172,7 +223,7 @@ async def collect_into(out: Path, rows: list[Row], args: argparse.Namespace) -> 
         async def one(row: Row, gid: str) -> None:
             nonlocal written
             async with gate:
-                records = await collect_group(row, policy, cfg, suite, args.group, gid)
+                records = await collect_group(row, policy, cfg, suite, memory, args.group, gid)
                 write_records(out, records)  # in the event loop: one group's write at a time
                 written += 1
                 progress.advance(task)
@@ -199,9 +250,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--judge-model", default="default", help="LLM judge model.")
     parser.add_argument("--mllm-url", default=None, help="Multimodal judge endpoint.")
     parser.add_argument("--mllm-model", default="default", help="Multimodal judge model.")
+    parser.add_argument("--repetition-memory", type=int, default=256, help="Drafts the repetition penalty remembers.")
+    parser.add_argument(
+        "--repetition-threshold", type=float, default=0.5, help="Trigram overlap where the repetition penalty starts."
+    )
     args = parser.parse_args(argv)
     args.train_config = TrainConfig(
-        judge_url=args.judge_url, judge_model=args.judge_model, mllm_url=args.mllm_url, mllm_model=args.mllm_model
+        judge_url=args.judge_url,
+        judge_model=args.judge_model,
+        mllm_url=args.mllm_url,
+        mllm_model=args.mllm_model,
+        repetition_memory=args.repetition_memory,
+        repetition_threshold=args.repetition_threshold,
     )
     written = asyncio.run(collect(args))
     print(f"recorded {written} group(s) in {args.out}; train with: python rl/train.py --replay {args.out}")

@@ -84,6 +84,10 @@ class TrainConfig:
     format_needs_success_after_steps: int | None = field(
         default=None, metadata={"help": "From this step on, format pays only tags whose tool made an image."}
     )
+    format_warmup_failed_credit: float = field(
+        default=1.0,
+        metadata={"help": "Before format_needs_success_after_steps: the share of its credit a failed tag earns."},
+    )
     relevance_weight: float | None = field(
         default=None, metadata={"help": "Weight of `relevance`, MiniLM tag-prompt cosine (0: logged; unset: off)."}
     )

@@ -403,13 +403,11 @@ class RepetitionMemory:
 
 def worked_example_texts() -> list[tuple[str, list[str]]]:
     """(question, texts) of each of the planner's worked examples: a policy that copies one repeats another prompt."""
-    from llmi_graph.prompts import example_turns
+    from llmi_graph.prompts import all_examples
     from llmi_graph.tags import parse_tags
 
     seen: dict[str, list[str]] = {}
-    for tool in SOURCES:
-        turns = example_turns([tool])
-        for question, answer in zip(turns[::2], turns[1::2], strict=True):
-            calls = [c.model_dump() for c in parse_tags(answer["content"]).calls]
-            seen.setdefault(question["content"], written_texts(calls))
+    for question, answer in all_examples():
+        calls = [c.model_dump() for c in parse_tags(answer).calls]
+        seen.setdefault(question, written_texts(calls))
     return list(seen.items())

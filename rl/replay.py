@@ -4,12 +4,17 @@ The loop the design names: collect (batch graph runs against the vLLM policy, `p
 (the judges, at collection) -> train (`rl/train.py --replay FILE.jsonl`) -> push the adapter -> collect again.
 
 A record is one sample, one JSON line: {"group", "attempt", "sample", "group_size", "prompt", "prompt_ids",
-"completion_ids", "logprobs", "rewards": {"hybrid", "image_num", "llm_judge", "mllm_judge", "format"},
-"policy_model"}. A group is the G samples of one row (its id covers the whole row, the group size and the round);
-an attempt is one collection of a group, written in one append. A file a crash left behind is read as follows:
-lines that do not parse are skipped, an attempt is kept only if complete (samples 0..G-1, one prompt, the same
-prompt ids), and a group recorded complete more than once keeps its first attempt. Attempts are never merged.
+"completion_ids", "logprobs", "rewards": {name: score for each of REWARD_NAMES}, "policy_model", "draft"}. A
+group is the G samples of one row (its id covers the whole row, the group size and the round); an attempt is one
+collection of a group, written in one append. A file a crash left behind is read as follows: lines that do not
+parse are skipped, an attempt is kept only if complete (samples 0..G-1, one prompt, the same prompt ids), and a
+group recorded complete more than once keeps its first attempt. Attempts are never merged.
 Records from before `attempt` was written form an attempt per run of consecutive lines of one group.
+
+Replay pays what was recorded, weighted as the online suite (`rl.rewards`) weights it: `hybrid` (R), the logged
+components, `format` with its success-only switch, and the content rewards given a weight. A record from before a
+score was recorded gives None (not scored) for it: TRL leaves that term out of the sample's reward and out of the
+logged mean.
 """
 
 from __future__ import annotations
@@ -24,7 +29,18 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-REWARD_NAMES = ("hybrid", "image_num", "llm_judge", "mllm_judge", "format")
+REWARD_NAMES = (
+    "hybrid",
+    "image_num",
+    "llm_judge",
+    "mllm_judge",
+    "format",
+    "format_success",
+    "relevance",
+    "chart_numbers",
+    "repetition",
+)
+"""The scores a record's `rewards` holds (rl.collect); files recorded before the last four lack them."""
 
 
 @dataclass
@@ -168,17 +184,83 @@ class ReplayRollout:
         return out
 
 
-def replay_reward_functions(format_weight: float = 0.0) -> tuple[list[Callable[..., Any]], list[float]]:
-    """Reward functions that read the scores recorded with each sample (R as `hybrid`, the rest logged)."""
+def replay_reward_functions(
+    format_weight: float = 0.0,
+    *,
+    relevance_weight: float | None = None,
+    chart_numbers_weight: float | None = None,
+    repetition_weight: float | None = None,
+    format_needs_success_after_steps: int | None = None,
+    format_warmup_failed_credit: float = 1.0,
+) -> tuple[list[Callable[..., Any]], list[float]]:
+    """TRL's `reward_funcs` and `reward_weights` read from the scores recorded with each sample, as `RewardSuite`
+    gives them online: R as `hybrid` (weight 1), the judges' components logged, `format` at `format_weight`, and
+    each content reward at its weight (0: logged only; None: not returned at all).
 
-    def component(name: str) -> Callable[..., Any]:
+    `format` follows the online switch. Without `format_needs_success_after_steps` N it is the recorded `format`
+    (every tag earns its credit). From step N on it is the recorded `format_success` (only tags whose tool made an
+    image). Before N a failed tag earns `format_warmup_failed_credit` c of its credit: `format_score` is linear in
+    that share, so format_success + c (format - format_success) is the online value exactly (up to float
+    rounding). The step is TRL's `trainer_state.global_step`; called without one, the number of batches the
+    function has scored. A record without `format_success` (recorded before it existed) gets None wherever it is
+    needed, with a one-time warning.
+    """
+    if not 0.0 <= format_warmup_failed_credit <= 1.0:
+        raise ValueError(f"format_warmup_failed_credit must be in [0, 1], got {format_warmup_failed_credit}")
+    if repetition_weight is not None and repetition_weight < 0:
+        raise ValueError(
+            f"repetition_weight is {repetition_weight}: `repetition` is already minus the penalty, give it a "
+            "positive weight (0 logs it only)"
+        )
+    warned = False
+
+    def format_at(recorded: dict[str, Any], step: int) -> float | None:
+        nonlocal warned
+        after, full = format_needs_success_after_steps, recorded.get("format")
+        if after is None:
+            return full
+        credit = format_warmup_failed_credit if step < after else 0.0
+        if credit == 1.0 or full is None:
+            return full  # every tag earns its full credit: what `format` recorded
+        success = recorded.get("format_success")
+        if success is None:
+            if not warned:
+                warned = True
+                log.warning(
+                    "recorded rollouts without `format_success` (collected before it was recorded): their format "
+                    "reward is None (not scored) once failed tags stop earning full credit; collect them again "
+                    "with the current rl.collect to replay format_needs_success_after_steps"
+                )
+            return None
+        return success + credit * (full - success)
+
+    def recorded_reward(name: str, pick: Callable[[dict[str, Any], int], float | None]) -> Callable[..., Any]:
+        batches = 0
+
         def reward(
-            prompts: list[Any], completions: list[Any], recorded_rewards: list[dict[str, Any]], **kwargs: Any
+            prompts: list[Any],
+            completions: list[Any],
+            recorded_rewards: list[dict[str, Any]],
+            trainer_state: Any = None,
+            **kwargs: Any,
         ) -> list[float | None]:
-            return [None if r.get("hybrid") is None else r.get(name) for r in recorded_rewards]
+            nonlocal batches
+            step = trainer_state.global_step if trainer_state is not None else batches
+            batches += 1
+            return [None if r.get("hybrid") is None else pick(r, step) for r in recorded_rewards]
 
         reward.__name__ = name
         return reward
 
-    funcs = [component(name) for name in REWARD_NAMES]
-    return funcs, [1.0, 0.0, 0.0, 0.0, format_weight]
+    def read(name: str) -> Callable[[dict[str, Any], int], float | None]:
+        return lambda recorded, step: recorded.get(name)
+
+    funcs = [recorded_reward(name, read(name)) for name in ("hybrid", "image_num", "llm_judge", "mllm_judge")]
+    funcs.append(recorded_reward("format", format_at))
+    weights = [1.0, 0.0, 0.0, 0.0, format_weight]
+    content = {"relevance": relevance_weight, "chart_numbers": chart_numbers_weight, "repetition": repetition_weight}
+    for name, weight in content.items():
+        if weight is not None:  # None: switched off, as online
+            funcs.append(recorded_reward(name, read(name)))
+            weights.append(weight)
+    return funcs, weights

@@ -68,6 +68,7 @@ class RewardSuite:
         hybrid_weight: float = 1.0,
         *,
         format_needs_success_after_steps: int | None = None,
+        format_warmup_failed_credit: float = 1.0,
         relevance_weight: float | None = None,
         chart_numbers_weight: float | None = None,
         repetition_weight: float | None = None,
@@ -77,6 +78,9 @@ class RewardSuite:
         self.llm_judge, self.mllm_judge = llm_judge, mllm_judge
         self.format_weight, self.hybrid_weight = format_weight, hybrid_weight
         self.format_needs_success_after_steps = format_needs_success_after_steps
+        if not 0.0 <= format_warmup_failed_credit <= 1.0:
+            raise ValueError(f"format_warmup_failed_credit must be in [0, 1], got {format_warmup_failed_credit}")
+        self.format_warmup_failed_credit = format_warmup_failed_credit
         self.relevance_weight, self.chart_numbers_weight = relevance_weight, chart_numbers_weight
         self.repetition_weight = repetition_weight
         self.repetition = repetition
@@ -94,6 +98,8 @@ class RewardSuite:
     async def score(self, rollout_id: str, state: dict[str, Any], tools: list[str]) -> HybridReward:
         """The hybrid reward of one rollout, computed once however many functions ask."""
         future = self._results.get(rollout_id)
+        if future is not None and future.done():
+            return future.result()  # perhaps scored in the rollout's own event loop (GraphRollout's scorer)
         if future is None:
             future = asyncio.get_running_loop().create_future()
             self._results[rollout_id] = future
@@ -152,11 +158,21 @@ class RewardSuite:
         return self._reward(name, scorer)
 
     def format_reward(self, state: dict[str, Any], step: int) -> float:
-        """The partial-credit format reward; from step `format_needs_success_after_steps` on, only for tags whose
-        tool made an image (before it, the warm-up, every tag earns its credit)."""
+        """The partial-credit format reward. With `format_needs_success_after_steps` N: before step N (the warm-up)
+        a tag whose tool made no image earns `format_warmup_failed_credit` of its credit, and from step N on none."""
         after = self.format_needs_success_after_steps
-        succeeded = succeeded_indices(state) if after is not None and step >= after else None
-        return format_score(state["draft"], state["image_num"], len(state["input_images"]), succeeded=succeeded)
+        if after is None:
+            succeeded, failed_credit = None, 1.0
+        else:
+            succeeded = succeeded_indices(state)
+            failed_credit = self.format_warmup_failed_credit if step < after else 0.0
+        return format_score(
+            state["draft"],
+            state["image_num"],
+            len(state["input_images"]),
+            succeeded=succeeded,
+            failed_credit=failed_credit,
+        )
 
     async def _relevance(self, batch: Batch) -> list[float | None]:
         return await asyncio.to_thread(relevance_scores, batch.states)  # MiniLM blocks: off the event loop

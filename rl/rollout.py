@@ -15,7 +15,7 @@ import asyncio
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,9 @@ from llmi_graph import Config, Toolbox, build_graph
 from llmi_graph.policy import ModelPolicy, OpenAIPolicy, Policy
 from llmi_graph.state import State
 from rl.data import RowIndex
+
+Scorer = Callable[[str, dict[str, Any], list[str]], Awaitable[Any]]
+"""Scores one finished rollout: (rollout id, state as JSON, the row's tools), e.g. `RewardSuite.score`."""
 
 
 class RolloutTimes:
@@ -58,23 +61,33 @@ class GraphRollout:
         policy_factory: Callable[[Any], Policy] = trainer_policy,
         toolbox: Toolbox | None = None,
         max_concurrency: int = 64,
+        scorer: Scorer | None = None,
     ):
         self.rows, self.cfg, self.policy_factory = rows, cfg, policy_factory
-        self.toolbox, self.max_concurrency = toolbox, max_concurrency
+        self.toolbox, self.max_concurrency, self.scorer = toolbox, max_concurrency, scorer
         self.times = RolloutTimes()
 
-    def run_states(self, prompts: list[Any], policy: Policy) -> list[State]:
-        """Run the graph for each prompt (in order) and return the final states."""
+    def run_states(self, prompts: list[Any], policy: Policy, ids: list[str] | None = None) -> list[State]:
+        """Run the graph for each prompt (in order) and return the final states. With `ids` and a `scorer`, each
+        run is scored (judges included) as soon as it finishes, while the other drafts are still being written; the
+        reward functions then find the result ready (`RewardSuite.score` computes each rollout id once)."""
         graph = build_graph(policy=policy, toolbox=self.toolbox)
 
         async def run_all() -> list[State]:
             gate = asyncio.Semaphore(self.max_concurrency)
 
-            async def one(prompt: Any) -> State:
+            async def one(k: int, prompt: Any) -> State:
+                row = self.rows[prompt]
                 async with gate:
-                    return State.model_validate(await graph.ainvoke(self.rows[prompt].request(), context=self.cfg))
+                    state = State.model_validate(await graph.ainvoke(row.request(), context=self.cfg))
+                if self.scorer is not None and ids is not None:
+                    try:
+                        await self.scorer(ids[k], state.model_dump(mode="json"), list(row.tools))
+                    except Exception:  # kept in the scorer's result: the reward function raises it
+                        pass
+                return state
 
-            return list(await asyncio.gather(*(one(p) for p in prompts)))
+            return list(await asyncio.gather(*(one(k, p) for k, p in enumerate(prompts))))
 
         started = time.perf_counter()
         states = asyncio.run(run_all())
@@ -82,11 +95,12 @@ class GraphRollout:
         return states
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list[Any]]:
-        states = self.run_states(prompts, self.policy_factory(trainer))
-        return rollout_output(states)
+        ids = [uuid.uuid4().hex for _ in prompts]
+        states = self.run_states(prompts, self.policy_factory(trainer), ids)
+        return rollout_output(states, ids)
 
 
-def rollout_output(states: list[State]) -> dict[str, list[Any]]:
+def rollout_output(states: list[State], ids: list[str] | None = None) -> dict[str, list[Any]]:
     """TRL's rollout contract: ids and logprobs as sampled, plus the trajectories for the reward functions."""
     out: dict[str, list[Any]] = {
         "prompt_ids": [],
@@ -95,7 +109,7 @@ def rollout_output(states: list[State]) -> dict[str, list[Any]]:
         "llmi_state": [],
         "rollout_id": [],
     }
-    for state in states:
+    for k, state in enumerate(states):
         policy = state.policy
         if policy is None or policy.prompt_token_ids is None or policy.completion_token_ids is None:
             raise RuntimeError(
@@ -108,7 +122,7 @@ def rollout_output(states: list[State]) -> dict[str, list[Any]]:
         out["completion_ids"].append(policy.completion_token_ids)
         out["logprobs"].append(policy.logprobs)
         out["llmi_state"].append(state.model_dump(mode="json"))
-        out["rollout_id"].append(uuid.uuid4().hex)
+        out["rollout_id"].append(ids[k] if ids is not None else uuid.uuid4().hex)
     return out
 
 

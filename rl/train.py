@@ -145,6 +145,7 @@ def reward_suite(cfg: TrainConfig) -> RewardSuite:
         mllm,
         format_weight=cfg.format_weight,
         format_needs_success_after_steps=cfg.format_needs_success_after_steps,
+        format_warmup_failed_credit=cfg.format_warmup_failed_credit,
         relevance_weight=cfg.relevance_weight,
         chart_numbers_weight=cfg.chart_numbers_weight,
         repetition_weight=cfg.repetition_weight,
@@ -227,7 +228,14 @@ def train(cfg: TrainConfig) -> Path:
         records = load_records(cfg.replay)
         dataset = replay_dataset(records)
         rollout_func: Any = ReplayRollout(records, cfg.num_generations)
-        funcs, weights = replay_reward_functions(format_weight=cfg.format_weight)
+        funcs, weights = replay_reward_functions(
+            format_weight=cfg.format_weight,
+            relevance_weight=cfg.relevance_weight,
+            chart_numbers_weight=cfg.chart_numbers_weight,
+            repetition_weight=cfg.repetition_weight,
+            format_needs_success_after_steps=cfg.format_needs_success_after_steps,
+            format_warmup_failed_credit=cfg.format_warmup_failed_credit,
+        )
     else:
         rows = load_rows(cfg.dataset)
         dataset = to_dataset(rows)
@@ -257,7 +265,7 @@ def train(cfg: TrainConfig) -> Path:
             factory = server_policy(server.url, sync, cfg.served_model_name)
         else:
             factory = trainer_policy
-        rollout = rollout_func = GraphRollout(RowIndex(rows), graph_cfg, factory)
+        rollout = rollout_func = GraphRollout(RowIndex(rows), graph_cfg, factory, scorer=suite.score)
         funcs, weights = suite.functions()
         if cfg.collapse_after_steps is not None:
             suite.watch = TagWatch(cfg.collapse_window)

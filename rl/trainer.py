@@ -18,7 +18,9 @@ and `..._clip_min`, so they read as TRL documents them; here they act on the rol
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -89,7 +91,18 @@ def fold_into_advantages(advantages: torch.Tensor, weights: torch.Tensor) -> tor
 
 class LlmiGRPOTrainer(SharedPrefixLogps, GRPOTrainer):
     """TRL's GRPOTrainer, with TRL's vLLM off-policy correction applied to the logprobs a `rollout_func` returns,
-    and the loss pass running each group's shared prompt once (`rl.prefix.SharedPrefixLogps`)."""
+    and the loss pass running each group's shared prompt once (`rl.prefix.SharedPrefixLogps`).
+
+    At each log it also appends the last generation batch's samples (prompt, draft, every reward, advantage) to
+    `output_dir/samples.jsonl`, so what a reward pays for can be read, not only its mean."""
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        step = self.state.global_step
+        # Once per step: the end of training logs again (its summary) with the last step's batch still held.
+        if self.model.training and self.accelerator.is_main_process and step > getattr(self, "_samples_step", -1):
+            self._samples_step = step
+            write_samples(Path(self.args.output_dir) / "samples.jsonl", step, self._logs)
+        super().log(logs, start_time)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         output = super()._generate_and_score_completions(inputs)
@@ -175,6 +188,37 @@ class LlmiGRPOTrainer(SharedPrefixLogps, GRPOTrainer):
         metrics["sampling/importance_sampling_ratio/min"].append(_nan_reduce(extremes[:, 1], torch.amin))
         metrics["sampling/importance_sampling_ratio/max"].append(_nan_reduce(extremes[:, 2], torch.amax))
         metrics["sampling/importance_sampling_ratio/clipped"].append((totals[3] / n_scored).item())
+
+
+def _text(messages: Any) -> str:
+    """The text of a prompt or completion as TRL keeps it: a string, or chat messages (the last one's content)."""
+    if isinstance(messages, str):
+        return messages
+    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+        content = messages[-1].get("content", "")
+        return content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+    return str(messages)
+
+
+def write_samples(path: Path, step: int, logs: dict[str, Any]) -> None:
+    """Append one JSON line per sample of TRL's `_logs` (the last generation batch): step, prompt, completion, each
+    reward function's value (None: unscored) and the advantage."""
+    prompts, completions = list(logs.get("prompt", ())), list(logs.get("completion", ()))
+    if not prompts:
+        return
+    rewards = {name: list(values) for name, values in logs.get("rewards", {}).items()}
+    advantages = list(logs.get("advantages", ()))
+    with path.open("a", encoding="utf-8") as fh:
+        for k, (prompt, completion) in enumerate(zip(prompts, completions, strict=False)):
+            values = {n: (None if math.isnan(v[k]) else round(v[k], 4)) for n, v in rewards.items() if k < len(v)}
+            line = {
+                "step": step,
+                "prompt": _text(prompt),
+                "completion": _text(completion),
+                "rewards": values,
+                "advantage": round(advantages[k], 4) if k < len(advantages) else None,
+            }
+            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
 def _nan_reduce(values: torch.Tensor, reduce: Any) -> float:

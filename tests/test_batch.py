@@ -100,6 +100,33 @@ async def test_a_sample_whose_report_was_written_but_not_recorded_finishes_from_
         assert model.i == drafts_before  # read back from the checkpoint: the policy was not asked again
 
 
+async def test_checkpoints_a_kill_left_behind_a_finished_sample_are_forgotten_on_the_rerun(cfg, tmp_path):
+    import sqlite3
+
+    from llmi_graph.batch import LocalExecutor
+
+    out = tmp_path / "b"
+    policy = ChatModelPolicy(FakeListChatModel(responses=["One."] * 10))
+    original = LocalExecutor.forget
+
+    async def killed_before_forgetting_r0(self, sample):
+        if not sample.id.endswith("r0--s0"):
+            await original(self, sample)
+
+    def threads() -> set[str]:
+        with sqlite3.connect(out / "checkpoints.sqlite") as db:
+            return {row[0].rsplit(":", 1)[1] for row in db.execute("SELECT DISTINCT thread_id FROM checkpoints")}
+
+    LocalExecutor.forget = killed_before_forgetting_r0
+    try:
+        await run_batch(items(2), BatchSettings(out=out, concurrency=1), cfg, policy=policy, toolbox=toolbox())
+    finally:
+        LocalExecutor.forget = original
+    assert [r["sample_id"] for r in lines(out)] == ["r0--s0", "r1--s0"] and threads() == {"r0--s0"}
+    outcome = await run_batch(items(2), BatchSettings(out=out), cfg, policy=policy, toolbox=toolbox())
+    assert (outcome.done_before, outcome.finished) == (2, 0) and threads() == set()  # nothing ran, r0's are gone
+
+
 async def test_a_torn_last_line_is_cut_and_that_sample_runs_again(cfg, tmp_path):
     out = tmp_path / "b"
     policy = ChatModelPolicy(FakeListChatModel(responses=["One."] * 10))

@@ -33,6 +33,21 @@ async def test_a_chart_comes_back_as_png(sandbox):
     assert out.provenance["isolated"] is True
 
 
+async def test_pandas_and_seaborn_load_on_first_use():
+    sandbox = LocalSandbox(SandboxLimits(timeout_s=30))  # the default 2 GB: seaborn's scipy maps more than 1.5 GB
+    out = await sandbox.run(
+        "import sys\nplt.plot([1, 2])\nplt.title(str(sorted({'pandas', 'seaborn'} & set(sys.modules))))"
+    )
+    assert out.provenance["figure_texts"] == ["[]"]  # a chart that uses neither does not pay for importing them
+    code = (
+        "df = pd.DataFrame({'day': ['Mon', 'Tue'], 'temp': [14, 17]})\n"
+        "sns.barplot(data=df, x='day', y='temp')\nplt.title(f'{pd.__name__} {len(df)}')"
+    )
+    out = await sandbox.run(code)
+    assert Image.open(io.BytesIO(out.image)).format == "PNG"
+    assert out.provenance["figure_texts"][0] == "pandas 2"
+
+
 async def test_print_is_harmless_and_kept_in_logs(sandbox):
     out = await sandbox.run("print('hello from model code')\nprint('x' * 100000)\nplt.bar(['a', 'b'], [1, 2])")
     assert Image.open(io.BytesIO(out.image)).format == "PNG"

@@ -42,10 +42,10 @@ def judges_at(llm_url: str | None, vision_url: str | None, roots: list) -> Judge
 def test_load_gives_the_heldout_rows_with_stable_content_ids():
     rows = load_rows(HELDOUT_FILE)
     items = bench.load()
-    assert len(items) == len(rows) == 50
+    assert len(items) == len(rows) == 59
     assert [i.request["prompt"] for i in items] == [r.prompt for r in rows]
     assert all(re.fullmatch(r"heldout-[0-9a-f]{10}", i.id) for i in items)
-    assert len({i.id for i in items}) == 50
+    assert len({i.id for i in items}) == 59
     assert [i.id for i in bench.load()] == [i.id for i in items]  # the same ids on every load
     for it, row in zip(items, rows, strict=True):
         Request.model_validate(it.request)
@@ -159,3 +159,68 @@ def test_aggregate_over_indomain_scores():
     assert summary["hybrid"].reasons == {"needs both the LLM and the multimodal judge: Judges.vision not configured": 1}
     assert summary["image_num_score"].mean == pytest.approx(0.5) and summary["image_num_score"].stderr is not None
     assert summary["llm_text"].n == 0 and summary["llm_text"].mean is None and summary["llm_text"].judge
+
+
+# --- content metrics: made_image and chart_numbers ------------------------------------------------------
+
+SHOP = "Our shop sold 120, 225, 200 and 95 books last year; chart the sales."
+SHOP_CHART = f"Sales by quarter. {tag('code', code='plt.bar(range(4), [120, 225, 200, 95])')}"
+
+
+def prompt_item(prompt: str, tools: list[str], image_num: int = 1) -> Item:
+    return Item(id="heldout-y", request={"prompt": prompt, "image_num": image_num, "images": []}, meta={"tools": tools})
+
+
+def charted(draft: str, store: ImageStore, prompt: str = SHOP, **kwargs) -> State:
+    return finished_state(draft, store, **kwargs).model_copy(update={"prompt": prompt})
+
+
+async def test_made_image_is_one_when_a_wanted_image_was_made(tmp_path):
+    store = ImageStore(tmp_path)
+    made = await bench.score(item(["code"], image_num=1), finished_state(SHOP_CHART, store, image_num=1), Judges())
+    assert made.metrics["made_image"] == 1.0 and "made_image" not in made.reasons
+    failed = await bench.score(item(["code"], image_num=1), finished_state(SHOP_CHART, store, failed=(0,)), Judges())
+    assert failed.metrics["made_image"] == 0.0  # a tag whose tool failed made nothing
+    words = await bench.score(item(["code"], image_num=99), State(prompt="p", draft="Only words."), Judges())
+    assert words.metrics["made_image"] == 0.0
+    one_of_two = finished_state(TWO_CHARTS, store, failed=(1,), image_num=2)
+    assert (await bench.score(item(["code"]), one_of_two, Judges())).metrics["made_image"] == 1.0
+
+
+async def test_made_image_is_not_scored_for_rows_that_want_no_images(tmp_path):
+    state = finished_state(SHOP_CHART, ImageStore(tmp_path))  # a chart was made, but the row wants none
+    score = await bench.score(item([], image_num=-1), state, Judges())
+    assert score.metrics["made_image"] is None and score.reasons["made_image"] == "the prompt wants no images"
+
+
+@pytest.mark.parametrize(
+    ("code", "failed", "expected"),
+    [
+        ("plt.bar(range(4), [120, 225, 200, 95])", (), 1.0),
+        ("plt.bar(range(2), [120, 225])", (), 0.5),
+        ("plt.bar(range(4), [1, 2, 3, 4])", (), 0.0),  # range(4) is no number of the prompt's
+        ("plt.bar(range(4), [120, 225, 200, 95])", (0,), 0.0),  # the chart failed
+    ],
+)
+async def test_chart_numbers_is_the_share_of_the_prompt_numbers_in_working_chart_code(tmp_path, code, failed, expected):
+    state = charted(f"Sales. {tag('code', code=code)}", ImageStore(tmp_path), failed=failed)
+    score = await bench.score(prompt_item(SHOP, ["code"]), state, Judges())
+    assert score.metrics["chart_numbers"] == expected and "chart_numbers" not in score.reasons
+
+
+async def test_chart_numbers_is_not_scored_without_numbers_a_chart_or_wanted_images(tmp_path):
+    store = ImageStore(tmp_path)
+    reason = "the prompt gives no numbers for a chart (or wants no images, or no chart)"
+    rainbow = "Explain how rainbows form, with a diagram."
+    cases = [
+        (prompt_item(rainbow, ["code"]), charted(SHOP_CHART, store, prompt=rainbow)),  # no numbers in the prompt
+        (prompt_item(SHOP, ["search"]), charted(SHOP_CHART, store)),  # the row needs a search, not a chart
+        (prompt_item(SHOP, ["code"], image_num=-1), charted(SHOP_CHART, store)),  # the row wants no images
+    ]
+    for it, state in cases:
+        score = await bench.score(it, state, Judges())
+        assert score.metrics["chart_numbers"] is None and score.reasons["chart_numbers"] == reason
+    # A row that names no tools is scored: its chart may still plot the numbers.
+    assert (await bench.score(prompt_item(SHOP, []), charted(SHOP_CHART, store), Judges())).metrics[
+        "chart_numbers"
+    ] == 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -17,6 +18,7 @@ from llmi_graph import Config
 from llmi_graph.policy import EmbeddedPolicy, ModelPolicy
 from rl.config import TrainConfig
 from rl.data import HELDOUT_FILE, TRAIN_FILE, RowIndex, load_rows
+from rl.rewards import RewardSuite
 from rl.rollout import GraphRollout
 from rl.train import last_checkpoint, train
 
@@ -29,7 +31,7 @@ TOOL_WORDS = re.compile(r"\b(diffusion|search engine|matplotlib|python code|imge
 
 def test_starter_set_covers_every_tool_and_convention():
     train_rows, heldout = load_rows(TRAIN_FILE), load_rows(HELDOUT_FILE)
-    assert (len(train_rows), len(heldout)) == (200, 50)
+    assert (len(train_rows), len(heldout)) == (224, 59)
     assert not {r.prompt for r in train_rows} & {r.prompt for r in heldout}
     for rows in (train_rows, heldout):
         assert {t for r in rows for t in r.tools} == {"search", "diffusion", "code", "edit"}
@@ -81,9 +83,23 @@ def test_rollout_func_contract(embedded, tmp_path):
     rows = load_rows(TRAIN_FILE)[:3]
     policy = RecordingPolicy(embedded)
     cfg = Config(max_tokens=12, temperature=1.0, top_p=1.0, image_dir=str(tmp_path / "img"), tool_cache=True)
-    rollout = GraphRollout(RowIndex(rows), cfg, policy_factory=lambda trainer: policy)
+    suite = RewardSuite()
+    rollout = GraphRollout(RowIndex(rows), cfg, policy_factory=lambda trainer: policy, scorer=suite.score)
     prompts = [r.prompt for r in rows for _ in range(2)]  # TRL repeats each prompt num_generations times
     out = rollout(prompts, trainer=None)
+    # Each rollout was scored as it finished, in the rollout's event loop; the reward functions, in another loop,
+    # find the results ready and compute nothing again.
+    ready = {rid: suite._results[rid].result() for rid in out["rollout_id"]}
+
+    async def score_again() -> list:
+        return [
+            await suite.score(rid, st, list(r.tools))
+            for rid, st, r in zip(
+                out["rollout_id"], out["llmi_state"], [row for row in rows for _ in range(2)], strict=True
+            )
+        ]
+
+    assert [id(r) for r in asyncio.run(score_again())] == [id(ready[rid]) for rid in out["rollout_id"]]
     assert set(out) == {"prompt_ids", "completion_ids", "logprobs", "llmi_state", "rollout_id"}
     assert all(len(v) == len(prompts) for v in out.values())
     assert [s["prompt"] for s in out["llmi_state"]] == prompts  # order kept
@@ -135,7 +151,7 @@ def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
         num_generations=2,
         prompts_per_step=2,
         micro_batch_size=2,
-        max_completion_length=12,
+        max_completion_length=32,  # room for a tag opener after the first sentence: rewards that differ
         learning_rate=5e-3,
         lr_scheduler_type="constant",
         format_weight=1.0,
@@ -162,6 +178,15 @@ def test_two_grpo_steps_change_the_adapter_and_resume_continues(tmp_path):
     log = [json.loads(line) for line in open(Path(cfg.output_dir) / "log.jsonl")]
     assert any("rewards/format/mean" in entry for entry in log) and any("rewards/hybrid/mean" in entry for entry in log)
     assert last_checkpoint(Path(cfg.output_dir)).endswith("checkpoint-2")
+    # Every sample is kept for reading: prompt, draft, each reward and the advantage.
+    samples = [json.loads(line) for line in open(Path(cfg.output_dir) / "samples.jsonl")]
+    assert [s["step"] for s in samples] == [1] * 4 + [2] * 4
+    assert {s["prompt"] for s in samples} <= {
+        "Compare the sales of apples and pears.",
+        "Plot the growth of a savings account.",
+    }
+    assert all(isinstance(s["completion"], str) and s["completion"] for s in samples)
+    assert all({"hybrid", "format"} <= set(s["rewards"]) and isinstance(s["advantage"], float) for s in samples)
 
     # A crash after step 2: the same command with more steps resumes from checkpoint-2 and loses nothing.
     more = tiny_config(tmp_path, max_steps=3)
@@ -261,6 +286,15 @@ def test_rollouts_through_vllm_with_the_adapter_hot_loaded(policy_server, tmp_pa
     # A restart: a fresh server knows no adapter (unloading stands in for its ~2.5 min start), and the resumed
     # run loads checkpoint-2's under its name before its first rollout asks for it.
     assert last_checkpoint(Path(cfg.output_dir)).endswith("checkpoint-2")
+    # Every sample is kept for reading: prompt, draft, each reward and the advantage.
+    samples = [json.loads(line) for line in open(Path(cfg.output_dir) / "samples.jsonl")]
+    assert [s["step"] for s in samples] == [1] * 4 + [2] * 4
+    assert {s["prompt"] for s in samples} <= {
+        "Compare the sales of apples and pears.",
+        "Plot the growth of a savings account.",
+    }
+    assert all(isinstance(s["completion"], str) and s["completion"] for s in samples)
+    assert all({"hybrid", "format"} <= set(s["rewards"]) and isinstance(s["advantage"], float) for s in samples)
     policy_server.unload_lora_adapter("policy-step-2")
     train(replace(cfg, max_steps=3))
     models = policy_server.models()

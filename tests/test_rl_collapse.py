@@ -1,4 +1,4 @@
-"""The collapse guard: a run that writes one tag under every prompt, or only failing tags, stops and says so."""
+"""The collapse guard: a run that writes one tag under every prompt, or settles on a failing tag, stops and says so."""
 
 from __future__ import annotations
 
@@ -45,12 +45,24 @@ def test_varied_working_tags_are_not_and_a_short_window_says_nothing_yet():
     assert same_prompt.verdict() is None
 
 
-def test_failing_tags_everywhere_are_a_collapse():
+def test_settling_on_a_failing_tag_is_a_collapse_but_not_learning_yet_is_not():
+    # Every run starts with many different tags that fail: that is a policy still learning, not a collapse.
+    learning = TagWatch(window=6)
+    for k in range(6):
+        learning.observe(state(f"p{k}", ("code", f"plt.foo({k})", False)))
+    assert learning.verdict() is None
+    # Most tags one failing call (below the repeated share), everything failing: the policy settled on it.
     watch = TagWatch(window=6)
     for k in range(6):
-        watch.observe(state(f"p{k}", ("code", f"plt.foo({k})", False)))
+        watch.observe(state(f"p{k}", ("code", "plt.line()" if k < 4 else f"plt.foo({k})", False)))
     verdict = watch.verdict()
     assert verdict is not None and verdict.kind == "failing" and verdict.share == 1.0
+    assert verdict.example == "code: plt.line()" and "collapsed onto a failing tag" in verdict.message()
+    # The same tags with one working among them are not a collapse.
+    mixed = TagWatch(window=6)
+    for k in range(6):
+        mixed.observe(state(f"p{k}", ("code", "plt.line()" if k < 4 else f"plt.plot([{k}])", k == 5)))
+    assert mixed.verdict() is None
 
 
 def test_the_guard_waits_for_the_warm_up_then_stops_saving_and_writes_the_verdict(tmp_path):

@@ -291,6 +291,17 @@ async def test_format_pays_a_failed_tag_only_during_the_warm_up():
     assert await call_like_trl(never, [failed], step=10_000) == [1.0]
 
 
+async def test_a_warm_up_can_pay_failed_tags_less_than_working_ones():
+    failed = make_state(SALES, tag("code", "Sales", code="plt.line([120])"), ok=())
+    worked = make_state(SALES, tag("code", "Sales", code="plt.plot([120])"), ok=(0,))
+    assert format_score(failed["draft"], 1, succeeded=set(), failed_credit=0.5) == 0.5
+    fmt = by_name(RewardSuite(format_needs_success_after_steps=2, format_warmup_failed_credit=0.25))["format"][0]
+    assert await call_like_trl(fmt, [failed, worked], step=1) == [0.25, 1.0]
+    assert await call_like_trl(fmt, [failed, worked], step=2) == [0.0, 1.0]
+    with pytest.raises(ValueError, match="format_warmup_failed_credit"):
+        RewardSuite(format_needs_success_after_steps=2, format_warmup_failed_credit=1.5)
+
+
 def test_the_module_reads_states_as_the_graph_writes_them():
     state = make_state(SALES, tag("edit", "Brighter", img_index=0, prompt="make it brighter") + tag("code", "x"))
     assert content.tag_text(state["calls"][0]) == "Brighter\nmake it brighter"

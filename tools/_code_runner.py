@@ -10,12 +10,14 @@ runs in this process and can write to all of them: the parent treats what comes 
 """
 
 import glob
+import importlib
 import io
 import json
 import os
 import shutil
 import sys
 import traceback
+import types
 
 
 def drop_privileges() -> None:
@@ -62,8 +64,22 @@ def hand_back(fd: int, data: bytes) -> None:
         offset += os.pwrite(fd, view[offset:], offset)
 
 
-def import_plotting() -> tuple:
-    """matplotlib (Agg, with a CJK fallback font when one is installed), numpy, pandas and seaborn."""
+class LazyModule(types.ModuleType):
+    """A module imported on first use. pandas and seaborn cost about a second of CPU per run to import, and most
+    charts use neither; on a machine where the tools share cores with the policy, that second is generation time."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+
+    def __getattr__(self, attr: str) -> object:
+        module = importlib.import_module(self.__name__)
+        self.__dict__.update({k: v for k, v in vars(module).items() if k != "__name__"})
+        return getattr(module, attr)
+
+
+def import_plotting(eager: bool = True) -> tuple:
+    """matplotlib (Agg, with a CJK fallback font when one is installed), numpy, pandas and seaborn (the last two
+    imported on first use unless `eager`)."""
     prime_font_cache()
     import logging
 
@@ -73,9 +89,13 @@ def import_plotting() -> tuple:
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     import matplotlib.pyplot as plt
     import numpy as np
-    import pandas as pd
-    import seaborn as sns
     from matplotlib import font_manager
+
+    if eager:
+        import pandas as pd
+        import seaborn as sns
+    else:
+        pd, sns = LazyModule("pandas"), LazyModule("seaborn")
 
     installed = {f.name for f in font_manager.fontManager.ttflist}
     fallbacks = ["Droid Sans Fallback", "Noto Sans CJK SC", "WenQuanYi Zen Hei", "Arial Unicode MS"]
@@ -98,7 +118,7 @@ def run_model_code(code_fd: int, result_fd: int, figure_fd: int) -> None:
     # Programs the code starts do not inherit the channel back.
     os.set_inheritable(result_fd, False)
     os.set_inheritable(figure_fd, False)
-    matplotlib, plt, np, pd, sns = import_plotting()
+    matplotlib, plt, np, pd, sns = import_plotting(eager=False)
 
     # show/savefig/close become no-ops, so every figure the code drew is still open afterwards.
     plt.show = lambda *a, **k: None

@@ -1,4 +1,4 @@
-"""Build the starter set: 200 training and 50 held-out prompts in the LLM-I row format, written by us.
+"""Build the starter set: 224 training and 59 held-out prompts in the LLM-I row format, written by us.
 
 Rows: {"prompt", "question", "image_num", "tools", "images"}. `image_num` follows the judges' convention (-1 none,
 0 no constraint, 99 at least one, N exactly N); `tools` names the sources the prompt needs; `images` lists input
@@ -223,6 +223,43 @@ HELDOUT_MIXED = [
 
 IMAGE_NUMS = [0, 0, 1, 1, 2, 3, 99]
 
+# Prompts that give their own numbers, so a chart can be checked for plotting them (`rl.content.chart_numbers_score`).
+# Appended after the rows above (with their own random stream), so those rows stay as they were. The held-out
+# templates and functions never appear in training.
+NUMBER_TEMPLATES = [
+    "Plot y = {f} for x from {a} to {b} and explain its shape.",
+    "Chart these monthly sales and comment on the growth: January {n1}, February {n2}, March {n3}, April {n4}.",
+    "A class scored {n1}, {n2}, {n3} and {n4} on four tests. Show the scores in a chart and say how they changed.",
+    "Show the market shares {p1}%, {p2}% and {p3}% of three products in a chart and explain the split.",
+    "The temperature was {t1}, {t2}, {t3}, {t4} and {t5} degrees over five days. Chart it and describe the week.",
+    "A runner ran {k1}, {k2}, {k3} and {k4} km in four weeks. Visualise the training and comment on it.",
+]
+HELDOUT_NUMBER_TEMPLATES = [
+    "Draw y = {f} from x = {a} to x = {b} and describe the curve.",
+    "Our shop sold {n1}, {n2}, {n3} and {n4} books in the last four weeks. Make a chart and explain the trend.",
+    "Visualise a rainfall of {k1}, {k2} and {k3} mm over three months and comment on it.",
+]
+FUNCTIONS = ["2x + 1", "x^3", "3 - x", "x^2 - 4", "x^2 + 2x", "1/x", "2^x", "x^3 - x"]
+HELDOUT_FUNCTIONS = ["x^2 + 1", "4 - x^2", "x^3 + 2", "3x - 2"]
+
+
+def _number_prompts(templates: list[str], functions: list[str], count: int, rng: random.Random) -> list[str]:
+    """`count` prompts from `templates` in turn, with random numbers (distinct within a prompt) and functions."""
+    prompts = []
+    for k in range(count):
+        a = -rng.randrange(1, 6)
+        values = {
+            "f": functions[(k // len(templates)) % len(functions)],
+            "a": a,
+            "b": rng.randrange(1, 6),
+            **{f"n{i}": v for i, v in enumerate(rng.sample(range(40, 260, 5), 4), start=1)},
+            **{f"p{i}": v for i, v in enumerate(rng.sample(range(10, 60), 3), start=1)},
+            **{f"t{i}": v for i, v in enumerate(rng.sample(range(8, 31), 5), start=1)},
+            **{f"k{i}": v for i, v in enumerate(rng.sample(range(12, 90), 4), start=1)},
+        }
+        prompts.append(templates[k % len(templates)].format(**values))
+    return prompts
+
 
 def _picture(path: Path, seed: int) -> None:
     """A simple scene drawn with Pillow, our own input image for edit prompts."""
@@ -250,9 +287,7 @@ def build() -> tuple[list[dict], list[dict]]:
     splits: dict[str, list[dict]] = {"train": [], "heldout": []}
 
     def add(split: str, prompt: str, image_num: int, tools: list[str], images: list[str] | None = None) -> None:
-        splits[split].append(
-            {"prompt": prompt, "question": prompt, "image_num": image_num, "tools": tools, "images": images or []}
-        )
+        splits[split].append(_row(prompt, image_num, tools, images))
 
     for _kind, topics, templates, tools, held in (
         ("data", DATA_TOPICS, DATA_TEMPLATES, ["code"], 8),
@@ -283,7 +318,16 @@ def build() -> tuple[list[dict], list[dict]]:
     train, heldout = splits["train"], splits["heldout"]
     rng.shuffle(train)
     rng.shuffle(heldout)
-    return train[:200], heldout[:50]
+    numbers = random.Random(2510)
+    train_numbers = [_row(p, 1, ["code"]) for p in _number_prompts(NUMBER_TEMPLATES, FUNCTIONS, 24, numbers)]
+    held_numbers = [
+        _row(p, 1, ["code"]) for p in _number_prompts(HELDOUT_NUMBER_TEMPLATES, HELDOUT_FUNCTIONS, 9, numbers)
+    ]
+    return train[:200] + train_numbers, heldout[:50] + held_numbers
+
+
+def _row(prompt: str, image_num: int, tools: list[str], images: list[str] | None = None) -> dict:
+    return {"prompt": prompt, "question": prompt, "image_num": image_num, "tools": tools, "images": images or []}
 
 
 def main() -> None:
