@@ -40,13 +40,12 @@ from rl.content import (
     chart_numbers_score,
     relevance_scores,
     succeeded_indices,
-    worked_example_texts,
     written_texts,
 )
 from rl.data import TRAIN_FILE, Row, load_rows
 from rl.replay import read_groups
 from rl.rewards import RewardSuite
-from rl.train import reward_suite
+from rl.train import repetition_memory, reward_suite
 
 
 def group_id(row: Row, group_size: int, round_: int) -> str:
@@ -207,8 +206,7 @@ async def collect_into(out: Path, rows: list[Row], args: argparse.Namespace) -> 
     )
     policy: Policy = policy_for(cfg)
     suite = reward_suite(args.train_config)
-    seed = worked_example_texts()  # as reward_suite seeds training's memory
-    memory = RepetitionMemory(args.train_config.repetition_memory, args.train_config.repetition_threshold, seed=seed)
+    memory = repetition_memory(args.train_config)  # seeded as training's is
     groups: dict[str, Row] = {}
     for row in rows:
         groups.setdefault(group_id(row, args.group, args.round), row)  # a repeated row is one group

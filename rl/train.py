@@ -29,6 +29,7 @@ from judges.mllm import MLLMJudge
 from llmi_graph import Config
 from rl.collapse import CollapseGuard, TagWatch
 from rl.config import TrainConfig
+from rl.content import RepetitionMemory, worked_example_texts
 from rl.data import RowIndex, load_rows, to_dataset
 from rl.rewards import RewardSuite
 from rl.rollout import AdapterSync, GraphRollout, server_policy, trainer_policy
@@ -123,6 +124,12 @@ def last_checkpoint(output_dir: Path) -> str | None:
     return str(max(complete, key=lambda p: int(p.name.split("-")[-1]))) if complete else None
 
 
+def repetition_memory(cfg: TrainConfig) -> RepetitionMemory:
+    """The repetition penalty's memory, seeded with the worked examples: copying one repeats another prompt from
+    the first step (online training and `rl.collect` both use it)."""
+    return RepetitionMemory(cfg.repetition_memory, cfg.repetition_threshold, seed=worked_example_texts())
+
+
 def reward_suite(cfg: TrainConfig) -> RewardSuite:
     options = HybridOptions(
         missing=cfg.missing,
@@ -133,12 +140,7 @@ def reward_suite(cfg: TrainConfig) -> RewardSuite:
     )
     llm = LLMJudge(JudgeEndpoint(base_url=cfg.judge_url, model=cfg.judge_model)) if cfg.judge_url else None
     mllm = MLLMJudge(JudgeEndpoint(base_url=cfg.mllm_url, model=cfg.mllm_model)) if cfg.mllm_url else None
-    repetition = None
-    if cfg.repetition_weight is not None:
-        from rl.content import RepetitionMemory, worked_example_texts
-
-        seed = worked_example_texts()  # copying a worked example repeats another prompt from the first step
-        repetition = RepetitionMemory(cfg.repetition_memory, cfg.repetition_threshold, seed=seed)
+    repetition = repetition_memory(cfg) if cfg.repetition_weight is not None else None
     return RewardSuite(
         options,
         llm,

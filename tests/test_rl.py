@@ -164,6 +164,18 @@ def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def assert_samples_kept(output_dir: Path) -> None:
+    """Every sample of tiny_config's two steps is kept for reading: prompt, draft, each reward and the advantage."""
+    samples = [json.loads(line) for line in open(output_dir / "samples.jsonl")]
+    assert [s["step"] for s in samples] == [1] * 4 + [2] * 4
+    assert {s["prompt"] for s in samples} <= {
+        "Compare the sales of apples and pears.",
+        "Plot the growth of a savings account.",
+    }
+    assert all(isinstance(s["completion"], str) and s["completion"] for s in samples)
+    assert all({"hybrid", "format"} <= set(s["rewards"]) and isinstance(s["advantage"], float) for s in samples)
+
+
 def lora_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "adapter_model.safetensors"))
 
@@ -178,15 +190,7 @@ def test_two_grpo_steps_change_the_adapter_and_resume_continues(tmp_path):
     log = [json.loads(line) for line in open(Path(cfg.output_dir) / "log.jsonl")]
     assert any("rewards/format/mean" in entry for entry in log) and any("rewards/hybrid/mean" in entry for entry in log)
     assert last_checkpoint(Path(cfg.output_dir)).endswith("checkpoint-2")
-    # Every sample is kept for reading: prompt, draft, each reward and the advantage.
-    samples = [json.loads(line) for line in open(Path(cfg.output_dir) / "samples.jsonl")]
-    assert [s["step"] for s in samples] == [1] * 4 + [2] * 4
-    assert {s["prompt"] for s in samples} <= {
-        "Compare the sales of apples and pears.",
-        "Plot the growth of a savings account.",
-    }
-    assert all(isinstance(s["completion"], str) and s["completion"] for s in samples)
-    assert all({"hybrid", "format"} <= set(s["rewards"]) and isinstance(s["advantage"], float) for s in samples)
+    assert_samples_kept(Path(cfg.output_dir))
 
     # A crash after step 2: the same command with more steps resumes from checkpoint-2 and loses nothing.
     more = tiny_config(tmp_path, max_steps=3)
@@ -286,15 +290,7 @@ def test_rollouts_through_vllm_with_the_adapter_hot_loaded(policy_server, tmp_pa
     # A restart: a fresh server knows no adapter (unloading stands in for its ~2.5 min start), and the resumed
     # run loads checkpoint-2's under its name before its first rollout asks for it.
     assert last_checkpoint(Path(cfg.output_dir)).endswith("checkpoint-2")
-    # Every sample is kept for reading: prompt, draft, each reward and the advantage.
-    samples = [json.loads(line) for line in open(Path(cfg.output_dir) / "samples.jsonl")]
-    assert [s["step"] for s in samples] == [1] * 4 + [2] * 4
-    assert {s["prompt"] for s in samples} <= {
-        "Compare the sales of apples and pears.",
-        "Plot the growth of a savings account.",
-    }
-    assert all(isinstance(s["completion"], str) and s["completion"] for s in samples)
-    assert all({"hybrid", "format"} <= set(s["rewards"]) and isinstance(s["advantage"], float) for s in samples)
+    assert_samples_kept(Path(cfg.output_dir))
     policy_server.unload_lora_adapter("policy-step-2")
     train(replace(cfg, max_steps=3))
     models = policy_server.models()
