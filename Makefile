@@ -74,10 +74,11 @@ serve-policy: $(STAMP) $(VLLM_STAMP)
 run: $(STAMP)
 	$(BIN)/llmi run "$(PROMPT)" $(if $(OUT),--out "$(OUT)")
 
-# GRPO on SmolLM2-135M with LoRA: three seeds of DEMO_STEPS steps (each capped at DEMO_MINUTES) on the CPU, then the
-# held-out figures before and after (mean and spread over the seeds). Rerun to resume. SHIP=path also writes the
-# first seed's adapter there with a model card (`llmi run --adapter shipped` reads llmi_graph/adapters/smollm2-llmi).
-DEMO_STEPS ?= 40
+# SmolLM2-135M with LoRA on the CPU: a warm start (SFT on the teacher's working drafts), then three seeds of
+# DEMO_STEPS GRPO steps (each capped at DEMO_MINUTES), then the held-out figures at each stage (mean and spread over
+# the seeds). Rerun to resume. SHIP=llmi_graph/adapters/smollm2-llmi also packages the first seed's adapter there
+# with a model card: the embedded policy's default.
+DEMO_STEPS ?= 12
 DEMO_MINUTES ?= 45
 DEMO_SEEDS ?= 0 1 2
 SHIP ?=

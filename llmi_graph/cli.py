@@ -28,7 +28,10 @@ from llmi_graph.tags import SOURCES
 from llmi_graph.toolbox import Toolbox, close_toolboxes, toolbox_for
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="llmi: interleaved text-and-image documents.")
-ADAPTER_HELP = "A LoRA adapter for the embedded policy (what rl/train.py saves); 'none' (the default): the base model."
+ADAPTER_HELP = (
+    "The embedded policy's LoRA adapter: 'shipped' (the default, packaged with llmi), a folder rl/train.py saved, "
+    "or 'none' (the base model)."
+)
 
 console = Console(stderr=True, soft_wrap=True)
 

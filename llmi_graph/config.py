@@ -65,10 +65,10 @@ class Config:
     )
     adapter: str | None = _setting(
         "adapter",
-        None,
-        "A LoRA adapter folder for the embedded policy (what rl/train.py saves); 'shipped': the adapter packaged "
-        "in llmi_graph/adapters/smollm2-llmi, on the default SmolLM2 only (none ships yet); 'none' or unset: the "
-        "base model.",
+        "shipped",
+        "The embedded policy's LoRA adapter: 'shipped' (the default), the one packaged in "
+        "llmi_graph/adapters/smollm2-llmi (on the default SmolLM2 only; a model of your own runs without it); a "
+        "folder that rl/train.py saved; or 'none', the base model.",
     )
     # Defaults for what a request may set, and the operator's caps on it.
     max_tokens: int = _setting("max_tokens", 768, "Most tokens the policy may write, unless the request says.")

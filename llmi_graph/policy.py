@@ -388,15 +388,15 @@ def _embedded(model_dir: str, adapter: str | None = None) -> EmbeddedPolicy:
 
 
 SHIPPED_ADAPTER = Path(__file__).resolve().parent / "adapters" / "smollm2-llmi"
-"""Where the LoRA adapter that ships with llmi lives (`--adapter shipped`; its model card is README.md there). None
-ships yet: the CPU demo's recipes have not met issue 12's held-out targets (see the README's RL section)."""
+"""The LoRA adapter that ships with llmi, the embedded policy's default (`--adapter shipped`): SmolLM2-135M after
+`make train-demo`'s warm start and GRPO; its model card (README.md there) gives the data, rewards and figures."""
 
 
 def resolve_adapter(adapter: str | None, embedded_model_path: str | None = None) -> Path | None:
     """The adapter folder an `adapter` setting names: None for 'none' or empty; for 'shipped', `SHIPPED_ADAPTER`
     when the embedded model is the default SmolLM2 (None for a model of the operator's own, which it does not fit;
-    FileNotFoundError while none ships); else the folder, which must hold adapter_config.json (FileNotFoundError
-    otherwise)."""
+    FileNotFoundError when the package lacks it); else the folder, which must hold adapter_config.json
+    (FileNotFoundError otherwise)."""
     if not adapter or adapter.strip().lower() == "none":
         return None
     if adapter == "shipped":
@@ -404,8 +404,8 @@ def resolve_adapter(adapter: str | None, embedded_model_path: str | None = None)
             return None
         if not (SHIPPED_ADAPTER / "adapter_config.json").is_file():
             raise FileNotFoundError(
-                f"no adapter ships with this llmi yet ({SHIPPED_ADAPTER} is empty): train one with `make train-demo` "
-                "and pass --adapter rl-out/demo/seed0/adapter"
+                f"this llmi install lacks its shipped adapter ({SHIPPED_ADAPTER} has no adapter_config.json): "
+                "reinstall llmi, pass --adapter none for the base model, or train one with `make train-demo`"
             )
         return SHIPPED_ADAPTER
     path = Path(adapter).expanduser().resolve()

@@ -203,6 +203,7 @@ async def collect_into(out: Path, rows: list[Row], args: argparse.Namespace) -> 
         tool_cache=True,
         policy_url=args.policy_url,
         policy_model=args.model or "default",
+        adapter=None,  # the base model, which rl/train.py trains from (not the shipped adapter)
     )
     policy: Policy = policy_for(cfg)
     suite = reward_suite(args.train_config)

@@ -30,6 +30,13 @@ class TrainConfig:
     lora_target_modules: str = field(
         default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", metadata={"help": "Modules LoRA wraps."}
     )
+    init_adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Go on training this LoRA adapter (e.g. `python -m rl.warmstart`'s) instead of a new one; its "
+            "shape replaces the lora_* options."
+        },
+    )
 
     # GRPO.
     num_generations: int = field(default=8, metadata={"help": "Rollouts per prompt (G; the paper: 8)."})

@@ -274,7 +274,11 @@ def train(cfg: TrainConfig) -> Path:
             callbacks.append(CollapseGuard(suite.watch, output_dir, after_steps=cfg.collapse_after_steps))
     callbacks.insert(0, RolloutTimings(rollout, suite))  # before JsonlLogger, so log.jsonl has the timings
     lora = None
-    if cfg.lora:
+    if cfg.init_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
+    elif cfg.lora:
         lora = LoraConfig(
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,

@@ -177,7 +177,7 @@ def test_embedded_smollm2_end_to_end(tmp_path, env):
     assert result.returncode == 0, result.stderr
     traj = json.loads((out / "trajectory.json").read_text())
     policy = traj["policy"]
-    assert policy["backend"] == "embedded" and policy["model"] == "SmolLM2-135M-Instruct"
+    assert policy["backend"] == "embedded" and policy["model"] == "SmolLM2-135M-Instruct+smollm2-llmi"  # shipped
     assert 0 < len(policy["completion_token_ids"]) <= 96
     assert len(policy["logprobs"]) == len(policy["completion_token_ids"])
     assert all(lp <= 0 for lp in policy["logprobs"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rl.demo import FIGURES, demo_config, model_card, ship, spread, summarise
+from rl.demo import FIGURES, demo_config, model_card, ship, spread, summarise, warm_config
 
 
 def figures(**values: float | bool | None) -> dict:
@@ -37,6 +37,7 @@ def test_targets_are_judged_on_the_mean_and_the_parabola_on_every_seed():
     ]
     summary = summarise(figures(made_image=0.07), results)
     assert summary["after"]["made_image"]["mean"] == pytest.approx(0.85)
+    assert summary["warm_start"]["made_image"]["n"] == 0  # no warm start recorded: nothing to spread
     assert summary["targets"]["made_image"]["met"] and summary["targets"]["distinct_chart_code"]["met"]
     assert summary["targets"]["numbers_in_chart"] == {"target": 0.5, "mean": 0.5, "met": True}  # one seed scored
     assert summary["targets"]["readme_parabola"]["met"] is False  # seed 1 gave no parabola
@@ -50,15 +51,19 @@ def test_ship_writes_half_precision_weights_config_and_a_model_card(tmp_path):
         str(source / "adapter_model.safetensors"),
     )
     (source / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
-    cfg = vars(demo_config(tmp_path / "run", 45.0, seed=0, steps=40))
+    cfg = vars(demo_config(tmp_path / "run", 45.0, seed=0, steps=40, init_adapter=str(tmp_path / "warm")))
+    warm = vars(warm_config(tmp_path / "warm", 0))
     result = {"seed": 0, "adapter": str(source), "steps": 40, "train_minutes": 31.5, "config": cfg,
+              "warm_start": figures(made_image=0.6) | {"sft_minutes": 26.0}, "warm_config": warm,
               "after": figures(made_image=0.85)}  # fmt: skip
-    summary = summarise(figures(made_image=0.07), [result]) | {"seeds": [0, 1, 2]}
+    summary = summarise(figures(made_image=0.07), [result]) | {"seeds": [0, 1, 2], "warm_seed": 0}
     dest = tmp_path / "pkg" / "smollm2-llmi"
     ship(result, summary, dest)
     weights = load_file(str(dest / "adapter_model.safetensors"))
     assert [w.dtype for w in weights.values()] == [torch.float16]
-    assert json.loads((dest / "adapter_config.json").read_text())["r"] == 8
+    shipped_config = json.loads((dest / "adapter_config.json").read_text())
+    assert shipped_config["r"] == 8
+    assert shipped_config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     card = (dest / "README.md").read_text()
     assert card == model_card(result, summary)
     for needed in (
@@ -66,7 +71,8 @@ def test_ship_writes_half_precision_weights_config_and_a_model_card(tmp_path):
         "GRPO",
         "seed 0",
         "40 optimizer steps",
-        "| made_image | 7.0% | 85.0% |",
+        "| made_image | 7.0% | 60.0% | 85.0% |",
+        "Warm start (`rl.warmstart`, 26.0 min, seed 0, shared by all seeds)",
         "seeds 0, 1, 2",
     ):
         assert needed in card
