@@ -146,6 +146,7 @@ def run_seed(
     max_tokens: int,
     steps: int = 12,
     warm: tuple[Path, dict[str, Any]] | None = None,
+    warm_seed: int = 0,
 ) -> dict[str, Any]:
     """Train one seed with GRPO from the warm start (resuming a cut-short run) and evaluate its adapter; the result
     is saved in out/seed<N>/result.json, and a saved result is returned as it is."""
@@ -177,7 +178,7 @@ def run_seed(
         "steps": _steps(folder),
         "collapse": collapse,
         "config": {k: v for k, v in vars(cfg).items()},
-        "warm_config": vars(warm_config(out / "warmstart", 0)) if warm_adapter else None,
+        "warm_config": vars(warm_config(out / "warmstart", warm_seed)) if warm_adapter else None,
     }
     (folder / "heldout_drafts.json").write_text(json.dumps(drafts, indent=2))
     saved.write_text(json.dumps(result, indent=2, default=str))
@@ -343,7 +344,9 @@ def main(argv: list[str] | None = None) -> None:
 
     warm = None if args.no_warm_start else run_warm_start(out, args.warm_seed, heldout, args.eval_tokens)
     print(f"[2/3] {len(args.seeds)} seeds of {args.steps} GRPO steps ...", flush=True)
-    results = [run_seed(out, s, args.minutes, heldout, args.eval_tokens, args.steps, warm) for s in args.seeds]
+    results = [
+        run_seed(out, s, args.minutes, heldout, args.eval_tokens, args.steps, warm, args.warm_seed) for s in args.seeds
+    ]
 
     print("[3/3] summary", flush=True)
     summary = summarise(before, results)
