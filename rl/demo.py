@@ -288,7 +288,9 @@ def model_card(result: dict[str, Any], summary: dict[str, Any]) -> str:
             "teacher wrote for the training rows and that made every image they asked for in the llmi graph: charts "
             "of the numbers or function a prompt gives, hand-written charts per training topic "
             "(`rl/teacher_charts.py`: real rounded facts for places, formulas for maths, story numbers for fiction), "
-            "and the edits picture prompts ask for.",
+            f"and the edits picture prompts ask for; plus a drill of {warm.get('drill', 0)} more number and function "
+            "prompts (`rl.warmstart.drill_rows`: the training templates, new numbers, functions that are neither "
+            "held-out nor the README's x^2).",
             f"2. GRPO (TRL) with rollouts through the llmi graph, seed {result['seed']}: {result['steps']} optimizer "
             f"steps in {result['train_minutes']} min on 2 CPU cores ({cfg['num_generations']} drafts per prompt, "
             f"one prompt per step, temperature {cfg['temperature']}, at most {cfg['max_completion_length']} tokens, "

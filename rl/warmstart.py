@@ -18,6 +18,11 @@ The teacher (`teacher_draft`):
 - picture edits: the edit the user asked for, on their image, with a sentence about the result;
 - rows that want no image: none (the teacher has no text answers to give).
 Only training rows have teacher drafts: no held-out topic, template or function appears in `rl.teacher_charts`.
+
+The drill (`drill_rows`): 96 more rows for the warm start only, half a function to plot and half numbers to chart,
+in the training templates' phrasing with new numbers and 55 functions (no held-out one, and not the README's own
+x^2, so the README prompt still tests whether the policy generalises). The starter set alone has 4 functions, and
+the first warm start plotted none of the held-out ones.
 """
 
 from __future__ import annotations
@@ -68,8 +73,9 @@ def python_expression(formula: str) -> str:
 def function_shape(formula: str) -> str:
     """One sentence on the shape of y = formula: line, parabola, cubic, hyperbola or exponential."""
     f = formula.replace(" ", "")
-    if re.search(r"\d\^x", f):
-        return f"y = {formula} grows exponentially: it doubles with every step in x and shoots up on the right."
+    if base := re.search(r"(\d+)\^x", f):
+        times = {"2": "doubles", "3": "triples"}.get(base.group(1), f"grows {base.group(1)}-fold")
+        return f"y = {formula} grows exponentially: it {times} with every step in x and shoots up on the right."
     if "/x" in f:
         return f"y = {formula} is a hyperbola: it falls towards zero on both sides and jumps at x = 0."
     if "x^3" in f:
@@ -77,8 +83,8 @@ def function_shape(formula: str) -> str:
     if "x^2" in f:
         opens = "downwards, with its highest" if re.match(r"^[^x]*-x\^2", f) else "upwards, with its lowest"
         return f"y = {formula} is a parabola: it opens {opens} point where the curve turns."
-    slope = re.match(r"^(-?\d*)x", f) or re.search(r"([+-])x", f)
-    falling = bool(slope) and slope.group(1).startswith("-")
+    slope = re.search(r"(^|[+-])\d*(?:\.\d+)?x", f)  # the sign of the x term
+    falling = bool(slope) and slope.group(1) == "-"
     return f"y = {formula} is a straight line: it {'falls' if falling else 'rises'} at the same rate everywhere."
 
 
@@ -262,6 +268,62 @@ class TeacherPolicy:
         return PolicyOutput(text=self.drafts[prompt], backend=self.backend, model="teacher")
 
 
+# --- the drill: more number and function prompts than the starter set has ----------------------------------------
+
+# Extra phrasings of the training function template; none is a held-out template ("Draw y = ... from x = ...").
+_DRILL_FUNCTION_TEMPLATES = (
+    "Graph y = {f} for x from {a} to {b} and say what the curve looks like.",
+    "Show y = {f} from {a} to {b} in a chart and explain it.",
+)
+# The README's example function; the drill leaves it out so that the README prompt stays a test of generalising.
+README_FUNCTION = "x^2"
+
+
+def drill_functions() -> list[str]:
+    """Lines, parabolas, cubics, hyperbolas and exponentials with small coefficients; no held-out function and not
+    the README's x^2."""
+    forms = []
+    for c in (2, 3, 4, 5):
+        forms += [f"{c}x + 1", f"{c}x - {c + 1}", f"{c} - x", f"{c + 1} - 2x"]
+        forms += [f"x^2 + {c}", f"x^2 - {c}", f"{c}x^2", f"x^2 + {c}x", f"x^2 - {c}x", f"{c + 4} - x^2"]
+        forms += [f"x^3 + {c}", f"x^3 - {c}x", f"{c}/x", f"{c}^x"]
+    excluded = {*_starter_set().HELDOUT_FUNCTIONS, README_FUNCTION}
+    return [f for f in dict.fromkeys(forms) if f not in excluded]
+
+
+def drill_rows(count: int = 96, seed: int = 2511) -> list[Row]:
+    """`count` extra training rows for the warm start only: half of them a function to plot (each drill function
+    in turn, in the starter set's training phrasing or two more), half numbers to chart (the starter set's own
+    number templates, `NUMBER_TEMPLATES`, filled from a new random stream). The starter set's 24 number rows hold
+    only 4 functions, seen once each, and the first warm-started policy plotted none of the held-out functions."""
+    import random
+
+    starter = _starter_set()
+    rng = random.Random(seed)
+    functions = drill_functions()
+    rng.shuffle(functions)
+    templates = [starter.NUMBER_TEMPLATES[0], *_DRILL_FUNCTION_TEMPLATES]
+    prompts = []
+    for k in range(count // 2):
+        a, b = -rng.randrange(1, 6), rng.randrange(1, 6)
+        prompts.append(templates[k % len(templates)].format(f=functions[k % len(functions)], a=a, b=b))
+    prompts += starter._number_prompts(starter.NUMBER_TEMPLATES[1:], functions, count - count // 2, rng)
+    return [Row(prompt=p, image_num=1, tools=("code",), images=()) for p in dict.fromkeys(prompts)]
+
+
+def _starter_set() -> Any:
+    """rl/data/build_starter_set.py as a module (a script in a data folder, so not importable by name)."""
+    import importlib.util
+
+    from rl.data import DATA_DIR
+
+    spec = importlib.util.spec_from_file_location("llmi_starter_set", DATA_DIR / "build_starter_set.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # --- running the teacher's drafts and SFT -------------------------------------------------------------------------
 
 
@@ -314,6 +376,7 @@ class WarmStartConfig:
     lora_target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     seed: int = 0
     model: str | None = None
+    drill: int = 96  # extra number and function rows (`drill_rows`); 0: the training rows only
 
 
 def warm_start(cfg: WarmStartConfig) -> Path:
@@ -330,7 +393,7 @@ def warm_start(cfg: WarmStartConfig) -> Path:
     if (adapter / "adapter_config.json").is_file():
         return adapter
     out.mkdir(parents=True, exist_ok=True)
-    examples, figures = teacher_examples(load_rows(cfg.dataset))
+    examples, figures = teacher_examples(load_rows(cfg.dataset) + drill_rows(cfg.drill))
     (out / "teacher.json").write_text(json.dumps(figures, indent=2, default=str))
     print(
         f"teacher: {figures['kept']} of {figures['drafted']} drafts made every image "
@@ -391,13 +454,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default=str(TRAIN_FILE), help="Training rows.")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--drill", type=int, default=96, help="Extra number and function rows (0: none).")
     parser.add_argument("--check", action="store_true", help="Only run the teacher's drafts and print figures.")
     args = parser.parse_args(argv)
     if args.check:
-        _, figures = teacher_examples(load_rows(args.dataset))
+        _, figures = teacher_examples(load_rows(args.dataset) + drill_rows(args.drill))
         print(json.dumps(figures, indent=2, default=str))
         return
-    adapter = warm_start(WarmStartConfig(output_dir=args.out, dataset=args.dataset, epochs=args.epochs, seed=args.seed))
+    cfg = WarmStartConfig(
+        output_dir=args.out, dataset=args.dataset, epochs=args.epochs, seed=args.seed, drill=args.drill
+    )
+    adapter = warm_start(cfg)
     print(f"adapter: {adapter}")
 
 

@@ -14,8 +14,12 @@ from rl.data import HELDOUT_FILE, TRAIN_FILE, Row, load_rows
 from rl.evaluate import plots_parabola
 from rl.teacher_charts import CHARTS
 from rl.warmstart import (
+    README_FUNCTION,
     TeacherPolicy,
     WarmStartConfig,
+    _starter_set,
+    drill_functions,
+    drill_rows,
     function_shape,
     images_for,
     number_draft,
@@ -85,6 +89,32 @@ def test_a_function_becomes_python_and_its_shape_is_named():
     assert "downwards" in function_shape("4 - x^2")
     assert "falls" in function_shape("3 - x") and "rises" in function_shape("2x + 1")
     assert "cubic" in function_shape("x^3 - x") and "exponential" in function_shape("2^x")
+    assert "falls" in function_shape("5 - 2x") and "rises" in function_shape("3x - 4")  # the x term's sign
+    assert "doubles" in function_shape("2^x") and "triples" in function_shape("3^x")
+
+
+def test_the_drill_adds_new_number_and_function_prompts_but_no_held_out_or_readme_function():
+    starter = _starter_set()
+    rows = drill_rows(96)
+    assert len(rows) == 96 and len({r.prompt for r in rows}) == 96
+    assert drill_rows(96) == rows  # seeded: the same rows on every machine
+    heldout = {r.prompt for r in load_rows(HELDOUT_FILE)}
+    train = {r.prompt for r in load_rows(TRAIN_FILE)}
+    functions = [r for r in rows if "y = " in r.prompt]
+    assert len(functions) == 48
+    used = {python_expression(f) for f in drill_functions()}
+    for row in rows:
+        assert row.prompt not in heldout and row.prompt not in train
+        assert not any(row.prompt.startswith(t.split("{")[0]) for t in starter.HELDOUT_NUMBER_TEMPLATES)
+        calls = parse_tags(teacher_draft(row)).calls
+        assert len(calls) == 1 and calls[0].valid and calls[0].source == "code", row.prompt
+    for row in functions:
+        formula = row.prompt.split("y = ")[1].split(" f")[0].split(" for")[0]
+        assert formula not in {*starter.HELDOUT_FUNCTIONS, README_FUNCTION}, row.prompt
+        assert python_expression(formula) in used
+        assert python_expression(formula) in parse_tags(teacher_draft(row)).calls[0].params["code"]
+    assert sum("x^2" in r.prompt for r in functions) >= 12  # parabolas, though never the README's own
+    assert drill_rows(0) == []
 
 
 def test_the_teacher_policy_answers_only_the_prompts_it_has_drafts_for():
