@@ -53,6 +53,10 @@ class EvalOptions:
     image_server: list[str] | None = field(default=None, metadata={"help": "A Qwen-Image server URL (repeatable)."})
     edit_server: list[str] | None = field(default=None, metadata={"help": "A Qwen-Image-Edit server (repeatable)."})
     tool_cache: bool = field(default=False, metadata={"help": "Reuse identical tool calls across samples."})
+    repair_rounds: int | None = field(default=None, metadata={"help": "Rounds of repair of failed images."})
+    candidates: int | None = field(default=None, metadata={"help": "Drafts per sample; the rules keep one."})
+    enhance: bool = field(default=False, metadata={"help": "Tool-specific enhancement (test-time scaling)."})
+    polish: bool = field(default=False, metadata={"help": "Rewrite the text around the final images."})
 
     def load_options(self) -> dict[str, Any]:
         """The benchmark's own load options (the fields a subclass adds)."""
@@ -109,6 +113,8 @@ def _runner(benchmark: str) -> Any:
                 diffusion_backend=options.diffusion_backend, edit_backend=options.edit_backend,
                 code_backend=options.code_backend, image_server=options.image_server,
                 edit_server=options.edit_server, tool_cache=options.tool_cache or None,
+                repair_rounds=options.repair_rounds, candidates=options.candidates,
+                enhance=options.enhance or None, polish=options.polish or None,
             )  # fmt: skip
             settings = EvalSettings(
                 benchmark=benchmark,

@@ -8,37 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 
+from llmi_graph.checks import image_num_score
 from llmi_graph.tags import SOURCES, ToolCall, parse_tags
+
+__all__ = [
+    "TOOL_WEIGHTS",
+    "format_ok",
+    "format_score",
+    "image_num_score",
+    "literal_image_markers",
+    "opener_likeness",
+    "tag_credit",
+    "tag_validity",
+    "tool_score",
+]
 
 TOOL_WEIGHTS: dict[str, float] = {"code": 0.4, "edit": 0.3, "search": 0.2, "diffusion": 0.1}
 """How much each tool counts in `tool_score` (the paper's weights)."""
-
-
-def image_num_score(count: int, image_num: int, split: str = "train") -> float:
-    """How well the number of successfully made images meets the request.
-
-    -1: 1 if count is 0, else 0.  0: 1.  99: 1 if count > 0, else 0.  N > 0, training: count/N below N, 1 at N,
-    max(0, 1 - 0.3 (count - N)) above.  N > 0, evaluation (`split="eval"`): 1 only at N.
-    """
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    if image_num == -1:
-        return 1.0 if count == 0 else 0.0
-    if image_num == 0:
-        return 1.0
-    if image_num == 99:
-        return 1.0 if count > 0 else 0.0
-    if image_num < -1:
-        raise ValueError(f"image_num must be -1, 0, 99 or N > 0, got {image_num}")
-    if split == "eval":
-        return 1.0 if count == image_num else 0.0
-    if count < image_num:
-        return count / image_num
-    if count == image_num:
-        return 1.0
-    return max(0.0, 1.0 - 0.3 * (count - image_num))
 
 
 def tool_score(

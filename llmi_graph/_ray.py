@@ -38,7 +38,7 @@ from typing import Any
 from llmi_graph._checkpoint import open_checkpointer
 from llmi_graph.batch import BatchError, BatchSample, BatchSettings, run_sample
 from llmi_graph.config import Config
-from llmi_graph.graph import InputError, PolicyError, build_graph, image_store
+from llmi_graph.graph import InputError, PolicyError, image_store
 from llmi_graph.state import Figure, ImageRef, State
 from llmi_graph.store import ImageStore
 from llmi_graph.toolbox import close_toolboxes
@@ -116,7 +116,9 @@ class GraphWorker:
                     # and switching to WAL takes the file's lock: a worker that still finds it locked retries.
                     await self._saver.conn.execute("PRAGMA busy_timeout = 30000")
                     await _setup_sqlite(self._saver)
-                self._graph = build_graph(config=self.cfg, checkpointer=self._saver)
+                from llmi_graph.scaling import graph_for
+
+                self._graph = graph_for(self.cfg, checkpointer=self._saver)
         return self._graph
 
     async def ready(self) -> None:

@@ -41,11 +41,11 @@ from typing import Any, Protocol
 
 from llmi_graph._checkpoint import describe, open_checkpointer
 from llmi_graph.config import Config
-from llmi_graph.graph import InputError, PolicyError, build_graph, image_store
+from llmi_graph.graph import InputError, PolicyError, image_store
 from llmi_graph.policy import Policy
 from llmi_graph.report import write_report
 from llmi_graph.rows import Row
-from llmi_graph.state import State
+from llmi_graph.state import State, cost
 from llmi_graph.tags import SOURCES
 from llmi_graph.toolbox import Toolbox, toolbox_for
 
@@ -290,7 +290,9 @@ async def local_executor(
     settings: BatchSettings, out: Path, cfg: Config, policy: Policy | None, toolbox: Toolbox | None
 ) -> AsyncIterator[SampleExecutor]:
     async with open_checkpointer(settings.checkpoint_url, out / "checkpoints.sqlite") as saver:
-        yield LocalExecutor(build_graph(policy=policy, toolbox=toolbox, config=cfg, checkpointer=saver), saver)
+        from llmi_graph.scaling import graph_for
+
+        yield LocalExecutor(graph_for(cfg, policy, toolbox, checkpointer=saver), saver)
 
 
 def _record(sample: BatchSample, state: State | None, status: str, reason: str | None, wall_s: float) -> dict[str, Any]:
@@ -316,6 +318,8 @@ def _record(sample: BatchSample, state: State | None, status: str, reason: str |
             images_failed=len(state.calls) - ok,
             tools={s: sum(1 for c in state.calls if c.source == s) for s in SOURCES},
             tokens=len(state.policy.completion_token_ids or []) if state.policy else None,
+            cost=cost(state),
+            repairs=len(state.repairs),
             timings={k: round(v, 3) for k, v in state.timings.items() if k.endswith("_s")},
         )
     return record

@@ -19,7 +19,7 @@ from rich.text import Text
 
 from llmi_graph._cli_config import dataclass_command
 from llmi_graph.config import Config
-from llmi_graph.graph import InputError, PolicyError, build_graph, image_store
+from llmi_graph.graph import InputError, PolicyError, image_store
 from llmi_graph.policy import SHIPPED_ADAPTER, explicit_adapter, resolve_adapter
 from llmi_graph.report import write_report
 from llmi_graph.state import Request, State
@@ -76,6 +76,25 @@ def run(
     max_tokens: Annotated[int | None, typer.Option(help="Most tokens the policy may write.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0: greedy).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    repair_rounds: Annotated[
+        int | None, typer.Option(min=0, help="Rounds of repair: failed images go back to the policy with the reason.")
+    ] = None,
+    candidates: Annotated[
+        int | None, typer.Option(min=1, help="Sample this many drafts and keep the best (test-time scaling).")
+    ] = None,
+    select: Annotated[
+        str | None, typer.Option(help="How to choose among the candidates: rules (default), judge or relative.")
+    ] = None,
+    enhance: Annotated[
+        bool | None, typer.Option("--enhance/--no-enhance", help="Tool-specific enhancement (detailed prompts, ...).")
+    ] = None,
+    polish: Annotated[
+        bool | None, typer.Option("--polish/--no-polish", help="Rewrite the text around the final images.")
+    ] = None,
+    judge_url: Annotated[
+        str | None, typer.Option(envvar="LLMI_JUDGE_URL", help="LLM judge base URL (for --select judge/relative).")
+    ] = None,
+    judge_model: Annotated[str, typer.Option(envvar="LLMI_JUDGE_MODEL", help="LLM judge model.")] = "default",
     image_num: Annotated[int, typer.Option(help="Expected images: -1 none, 0 any, 99 at least one, N exactly N.")] = 0,
     tools: Annotated[
         str | None, typer.Option(help=f"Comma-separated tools this request may use ({','.join(SOURCES)}).")
@@ -99,6 +118,7 @@ def run(
         # The command line is the operator: its --max-tokens also lifts the cap when it is above it.
         cfg = Config.from_env(
             policy_url=policy_url, policy_model=model, adapter=adapter, max_tokens=max_tokens,
+            repair_rounds=repair_rounds, candidates=candidates, select=select, enhance=enhance, polish=polish,
             cache_dir=cache_dir, search_backend=search_backend,
             search_library_dir=library,
             diffusion_backend=diffusion_backend, edit_backend=edit_backend, code_backend=code_backend,
@@ -107,13 +127,14 @@ def run(
         )  # fmt: skip
         toolbox = toolbox_for(cfg)
         _check_adapter(adapter, policy_url)
+        scorers = _scorers(cfg.select, judge_url, judge_model)
         out_dir = _prepare_out(out)
     except (CliError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     _describe_tools(cfg, toolbox)
     try:
-        state = asyncio.run(_run_graph(request, cfg))
+        state = State.model_validate(asyncio.run(_run_graph(request, cfg, scorers=scorers)))
         paths = write_report(state, out_dir, image_store(cfg), cfg)
     except (PolicyError, InputError, OSError) as exc:  # write_report is all or nothing: --out is as it was
         console.print(f"[red]error:[/red] {exc}")
@@ -122,13 +143,37 @@ def run(
         console.print("[yellow]interrupted[/yellow]")
         raise typer.Exit(130) from None
     ok = sum(1 for r in state.results if r.status == "ok")
+    repaired = len({r.index for r in state.repairs} & {r.index for r in state.results if r.status == "ok"})
     console.print(
         f"[green]done[/green] {len(state.calls)} image tag(s), {ok} made, {len(state.calls) - ok} failed"
-        f" in {state.timings.get('total_s', 0):.1f} s"
+        + (f" ({len(state.repairs)} repair turn(s), {repaired} slot(s) repaired)" if state.repairs else "")
+        + f" in {state.timings.get('total_s', 0):.1f} s"
     )
+    if state.drafts:
+        console.print(
+            f"chose draft {state.selected} of {len(state.drafts)} ({state.selector} scores: "
+            + ", ".join(f"{c.score:.2f}" for c in state.drafts if c.score is not None)
+            + ")"
+        )
     typer.echo(f"Report: {paths.html}")
     typer.echo(f"Markdown: {paths.markdown}")
     typer.echo(f"Trajectory: {paths.trajectory}")
+
+
+def _scorers(select: str, judge_url: str | None, judge_model: str) -> dict[str, Any]:
+    """The judge selectors for the scaled graph (`judges.select`), built here where the app is put together."""
+    if select not in ("rules", "judge", "relative"):
+        raise CliError(f"--select {select}: expected rules, judge or relative")
+    if select == "rules":
+        return {}
+    if not judge_url:
+        raise CliError(f"--select {select} needs a judge: --judge-url (or LLMI_JUDGE_URL)")
+    from judges._endpoint import JudgeEndpoint
+    from judges.llm import LLMJudge
+    from judges.select import JudgeSelector, RelativeSelector
+
+    endpoint = JudgeEndpoint(base_url=judge_url, model=judge_model)
+    return {"judge": JudgeSelector(LLMJudge(endpoint)), "relative": RelativeSelector(endpoint)}
 
 
 def _request(
@@ -222,21 +267,27 @@ def _describe_tools(cfg: Config, toolbox: Toolbox) -> None:
             )
 
 
-async def _run_graph(request: dict[str, Any], cfg: Config) -> State:
-    graph = build_graph(config=cfg)
+async def _run_graph(request: dict[str, Any], cfg: Config, *, scorers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the graph (`graph_for`: the scaled one when the config asks for scaling) with live progress; the final
+    state as data."""
+    from llmi_graph.scaling import graph_for
+
+    graph = graph_for(cfg, scorers=scorers)
     progress = _Progress(cfg)
     final: dict[str, Any] | None = None
     try:
         with progress.live():
-            async for mode, chunk in graph.astream(request, stream_mode=["custom", "values"]):
+            async for namespace, mode, chunk in graph.astream(
+                request, stream_mode=["custom", "values"], subgraphs=True
+            ):
                 if mode == "custom":
                     progress.update(chunk)
-                else:
+                elif not namespace:  # the outer graph's state, not a subgraph's
                     final = chunk
     finally:
         await close_toolboxes()
     assert final is not None
-    return State.model_validate(final)
+    return final
 
 
 class _Progress:
@@ -266,6 +317,19 @@ class _Progress:
             line = f"image {event['index']} ({row.get('source') or 'invalid'}): {row['status']}"
             if event.get("error"):
                 line += f": {event['error']}"
+        elif event.get("event") in ("candidates", "select"):
+            if event["event"] == "select":
+                self.planner = f"chose draft {event['selected']} ({event['selector']})"
+            else:
+                passed = f", {event['passed']} pass validation" if "passed" in event else ""
+                self.planner = f"{event['k']} candidates: {event['status']}{passed}"
+            line = f"planner: {self.planner}"
+        elif event.get("event") == "repair":
+            what = f"image {event['index']}: {event['status']}" if "index" in event else event["status"]
+            self.planner = f"repair round {event['round']}, {what}" + (
+                f" ({event['error']})" if event.get("error") else ""
+            )
+            line = f"planner: {self.planner}"
         else:
             return
         if self._live is not None:
@@ -336,6 +400,16 @@ def batch(
     tool_cache: Annotated[
         bool | None, typer.Option("--tool-cache/--no-tool-cache", help="Reuse identical tool calls across samples.")
     ] = None,
+    repair_rounds: Annotated[
+        int | None, typer.Option(min=0, help="Rounds of repair: failed images go back to the policy with the reason.")
+    ] = None,
+    candidates: Annotated[
+        int | None, typer.Option(min=1, help="Drafts sampled per sample; the rules keep one.")
+    ] = None,
+    enhance: Annotated[bool | None, typer.Option("--enhance/--no-enhance", help="Tool-specific enhancement.")] = None,
+    polish: Annotated[
+        bool | None, typer.Option("--polish/--no-polish", help="Rewrite the text around the images.")
+    ] = None,
 ) -> None:
     """Run every row of DATA (SAMPLES times each) into OUT: durable, resumable, one report per sample."""
     from llmi_graph.batch import BatchError, BatchSettings, rows_to_items
@@ -347,6 +421,7 @@ def batch(
             seed=seed, cache_dir=cache_dir, search_backend=search_backend, library=library,
             diffusion_backend=diffusion_backend, edit_backend=edit_backend, code_backend=code_backend,
             image_server=image_server, edit_server=edit_server, tool_cache=tool_cache,
+            repair_rounds=repair_rounds, candidates=candidates, enhance=enhance, polish=polish,
         )  # fmt: skip
         rows = load_rows(data)[:limit] if limit is not None else load_rows(data)
         items = rows_to_items(rows)
@@ -389,16 +464,25 @@ def _operator_config(
     image_server: list[str] | None,
     edit_server: list[str] | None,
     tool_cache: bool | None,
+    repair_rounds: int | None = None,
+    candidates: int | None = None,
+    enhance: bool | None = None,
+    polish: bool | None = None,
 ) -> Config:
-    """The operator config of a batch or an evaluation: the environment's, with the command line's options."""
+    """The operator config of a batch or an evaluation: the environment's, with the command line's options. Test-time
+    scaling here selects by rules (`--candidates`); judge selection is `llmi run`'s (`--select judge`)."""
     _check_adapter(adapter, policy_url)
-    return Config.from_env(
+    cfg = Config.from_env(
+        repair_rounds=repair_rounds, candidates=candidates, enhance=enhance, polish=polish,
         policy_url=policy_url, policy_model=model, adapter=adapter, max_tokens=max_tokens, temperature=temperature,
         seed=seed, cache_dir=cache_dir, search_backend=search_backend, search_library_dir=library,
         diffusion_backend=diffusion_backend, edit_backend=edit_backend, code_backend=code_backend,
         image_server_urls=",".join(image_server) if image_server else None,
         edit_server_urls=",".join(edit_server) if edit_server else None, tool_cache=tool_cache,
     )  # fmt: skip
+    if cfg.select != "rules":
+        raise CliError(f"LLMI_SELECT={cfg.select}: batches and evaluations select by rules; `llmi run` takes judges")
+    return cfg
 
 
 def run_batch_with_progress(items: list[Any], settings: Any, cfg: Config, *, source: str | None = None) -> int:

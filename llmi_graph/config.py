@@ -80,6 +80,30 @@ class Config:
     seed: int | None = _setting(
         "seed", None, "Sampling seed, for repeatable drafts, unless the request says.", kind=int
     )
+    repair_rounds: int = _setting(
+        "repair_rounds",
+        0,
+        "Rounds of tool-failure repair (0: off), unless the request says: each failed slot goes "
+        "back to the policy with its reason, and the tag it rewrites runs again.",
+    )
+    max_repair_rounds: int = _setting(
+        "max_repair_rounds", 3, "The most repair rounds a request may ask for (raised to repair_rounds if lower)."
+    )
+    candidates: int = _setting(
+        "candidates", 1, "Drafts the scaled graph samples per request (llmi_graph.scaling), unless the request says."
+    )
+    max_candidates: int = _setting(
+        "max_candidates", 8, "The most candidates a request may ask for (raised to candidates if lower)."
+    )
+    select: str = _setting(
+        "select", "rules", "How the scaled graph chooses a draft, unless the request says: rules, judge or relative."
+    )
+    enhance: bool = _setting(
+        "enhance", False, "Tool-specific enhancement in the scaled graph, unless the request says (see README)."
+    )
+    polish: bool = _setting(
+        "polish", False, "The scaled graph's polish: the policy rewrites the text around the final images."
+    )
     max_input_images: int = _setting("max_input_images", 8, "The most input images one request may carry.")
     input_image_max_mb: float = _setting(
         "input_image_max_mb", 20.0, "The largest input image (decoded) a request may carry."
@@ -165,6 +189,8 @@ class Config:
 
     def __post_init__(self) -> None:
         self.max_tokens_limit = max(self.max_tokens_limit, self.max_tokens)
+        self.max_repair_rounds = max(self.max_repair_rounds, self.repair_rounds)
+        self.max_candidates = max(self.max_candidates, self.candidates)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:

@@ -1,13 +1,17 @@
-"""The llmi graph: planner -> parse -> {search, diffusion, code, edit} (fanned out with Send) -> assemble.
+"""The llmi graph: planner -> parse -> {search, diffusion, code, edit} (fanned out with Send) -> review -> assemble.
 
     START -> planner -> parse --Send--> search ----\\
-                            |--Send--> diffusion --+--> assemble -> END
-                            |--Send--> code -------|
-                            |--Send--> edit -------/
-                            \\-----------------------> assemble   (no valid tags)
+                            |--Send--> diffusion --+--> review --> assemble -> END
+                            |--Send--> code -------|      |   ^
+                            |--Send--> edit -------/      |   |  (repair rounds: the rewritten tags, and the
+                            \\-----------------------> review  |   edits that read them, run again)
+                                                   Send --/---/
 
 Every call of a draft is sent in one step, so independent calls run concurrently; an edit waits only
-for the image it depends on (see `_run`). Tool failures become failed slots, never a failed run.
+for the image it depends on (see `_run`). Tool failures become failed slots, never a failed run. With
+`repair_rounds` (a request setting within the operator's cap; 0 by default), `review` sends each failed slot
+back to the policy with its reason and the tag that failed, as a turn of its own; the tag it writes runs again,
+and the run keeps every attempt (`results` in order, `repairs` with each reply's tokens and logprobs).
 """
 
 from __future__ import annotations
@@ -31,10 +35,20 @@ from llmi_graph._run import ResultBoard, RunContext, close_run, open_run, releas
 from llmi_graph.cache import SharedCallCancelled, ToolCache, cache_key, shared_cache
 from llmi_graph.config import Config, resolve
 from llmi_graph.policy import Message, Policy, Sampling, policy_for
-from llmi_graph.prompts import build_messages, build_user_message
-from llmi_graph.state import Figure, ImageRef, ImageResult, Output, Request, State, ToolTask
+from llmi_graph.prompts import build_messages, build_user_message, repair_message
+from llmi_graph.state import (
+    Figure,
+    ImageRef,
+    ImageResult,
+    Output,
+    PolicyOutput,
+    Repair,
+    Request,
+    State,
+    ToolTask,
+)
 from llmi_graph.store import ImageStore, InvalidImageError, decode_image_input
-from llmi_graph.tags import SOURCES, TextSegment, ToolCall, parse_tags
+from llmi_graph.tags import SOURCES, TextSegment, ToolCall, parse_replacement, parse_tags
 from llmi_graph.toolbox import Toolbox, execute_call, failed, tool_metrics, toolbox_for
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -79,11 +93,8 @@ class _Nodes:
 
     # --- planner ---------------------------------------------------------------------------------------
 
-    async def planner(self, state: State, runtime: Runtime[Any]) -> dict[str, Any]:
-        cfg = self._config(runtime)
-        started = time.time()
-        emit = get_stream_writer()
-        sampling = _sampling(state, cfg)
+    async def chat(self, state: State, cfg: Config) -> tuple[list[ImageRef], list[Message], list[str]]:
+        """The input images (stored), the planner's chat and the tools this request may use."""
         if len(state.images) > cfg.max_input_images:
             raise InputError(f"{len(state.images)} input images is over this server's limit of {cfg.max_input_images}")
         store = image_store(cfg)
@@ -91,14 +102,18 @@ class _Nodes:
         refs = [await asyncio.to_thread(_ingest, store, v, i, max_bytes) for i, v in enumerate(state.images)]
         tools = [t for t in self._toolbox(cfg).available() if state.allowed_tools is None or t in state.allowed_tools]
         content = await asyncio.to_thread(_user_content, state.prompt, refs, store, cfg.policy_vision)
-        messages: list[Message] = build_messages(content, tools, state.image_num)
-        emit({"event": "planner", "status": "preparing the policy"})
+        return refs, build_messages(content, tools, state.image_num), tools
+
+    async def policy_for(self, cfg: Config) -> Policy:
         try:
-            policy = self.policy or await asyncio.to_thread(policy_for, cfg)
+            return self.policy or await asyncio.to_thread(policy_for, cfg)
         except Exception as exc:
             raise PolicyError(f"the policy could not be prepared: {exc}") from exc
-        emit({"event": "planner", "status": "writing"})
-        on_token = _token_reporter(emit)
+
+    async def sample(
+        self, policy: Policy, messages: list[Message], sampling: Sampling, cfg: Config, on_token: Any = None
+    ) -> PolicyOutput:
+        """One policy call with the operator's time limit; failures become a `PolicyError` that says where."""
         try:
             output = await asyncio.wait_for(policy.generate(messages, sampling, on_token), timeout=cfg.policy_timeout_s)
         except TimeoutError as exc:
@@ -108,15 +123,32 @@ class _Nodes:
             raise PolicyError(f"the policy{where} failed: {type(exc).__name__}: {exc}") from exc
         # Lone surrogates (an endpoint's broken escapes) cannot be written as UTF-8: make them U+FFFD.
         text = _SURROGATE.sub("\ufffd", output.text)
-        output = output.model_copy(update={"text": text, "sampling": dataclasses.asdict(sampling)})
+        return output.model_copy(update={"text": text, "sampling": dataclasses.asdict(sampling)})
+
+    async def planner(self, state: State, runtime: Runtime[Any]) -> dict[str, Any]:
+        cfg = self._config(runtime)
+        started = time.time()
+        emit = get_stream_writer()
+        sampling = _sampling(state, cfg)
+        repair_rounds(state, cfg)  # a request over the cap fails now, not after the tools ran
+        refs, messages, _ = await self.chat(state, cfg)
+        if state.given is not None:  # chosen upstream (the scaled graph): no sampling here
+            output = state.given
+        else:
+            emit({"event": "planner", "status": "preparing the policy"})
+            policy = await self.policy_for(cfg)
+            emit({"event": "planner", "status": "writing"})
+            output = await self.sample(policy, messages, sampling, cfg, _token_reporter(emit))
         emit({"event": "planner", "status": "done", "tokens": len(output.completion_token_ids or [])})
         return {
             "input_images": refs,
             "system_prompt": messages[0]["content"],
-            "draft": text,
+            "draft": output.text,
             "policy": output,
-            # A new run on a thread that already holds one: start its results and timings afresh.
+            # A new run on a thread that already holds one: start its results, repairs and timings afresh.
             "results": Overwrite([]),
+            "repairs": Overwrite([]),
+            "repair_round": 0,
             "timings": Overwrite({"started_at": started, "planner_s": time.time() - started}),
         }
 
@@ -125,13 +157,20 @@ class _Nodes:
     async def parse(self, state: State, runtime: Runtime[Any]) -> Command[Any]:
         cfg = self._config(runtime)
         parsed = parse_tags(state.draft, num_input_images=len(state.input_images))
+        if state.overrides:  # the scaled graph's enhancement (rewritten prompts) on the chosen draft
+            calls = [
+                c.model_copy(update={"params": {**c.params, **state.overrides[c.index]}})
+                if c.valid and c.index in state.overrides
+                else c
+                for c in parsed.calls
+            ]
+            parsed = parsed.model_copy(update={"calls": calls})
         run_key = uuid.uuid4().hex
         context = self._run(run_key, cfg, runtime)
         emit = get_stream_writer()
         invalid: list[ImageResult] = []
         sends: list[Send] = []
-        # How long an edit may wait for its source once that source has started (queueing does not count).
-        budget = cfg.tool_timeout_s * max(1, cfg.tool_attempts) + 8.0 * max(0, cfg.tool_attempts - 1) + 30.0
+        budget = _wait_budget(cfg)
         try:
             for call in parsed.calls:
                 emit(
@@ -149,21 +188,7 @@ class _Nodes:
                     invalid.append(result)
                     emit(_tool_event(result))
                     continue
-                refusal = None
-                if state.allowed_tools is not None and call.source not in state.allowed_tools:
-                    refusal = (
-                        f"the {call.source} tool is not allowed for this request (allowed: "
-                        + (", ".join(state.allowed_tools) or "none")
-                        + ")"
-                    )
-                task = ToolTask(
-                    call=call,
-                    run_key=run_key,
-                    input_images=state.input_images,
-                    refusal=refusal,
-                    wait_timeout_s=budget,
-                )
-                sends.append(Send(call.source, task))
+                sends.append(Send(call.source, _task(call, state, run_key, budget)))
         finally:
             release_run(context)
         update = {
@@ -173,7 +198,7 @@ class _Nodes:
             "results": invalid,
             "timings": {"tools_started_at": time.time()},
         }
-        return Command(update=update, goto=sends or "assemble")
+        return Command(update=update, goto=sends or "review")
 
     # --- tools -----------------------------------------------------------------------------------------
 
@@ -256,6 +281,107 @@ class _Nodes:
             )
         return result
 
+    # --- review: repair failed slots --------------------------------------------------------------------
+
+    async def review(self, state: State, runtime: Runtime[Any]) -> Command[Any]:
+        """After the tools: while repair rounds are left, send each failed slot back to the policy with its reason
+        and the tag that failed, and run the tag it writes (plus the edits that read that slot); else assemble."""
+        cfg = self._config(runtime)
+        latest = {r.index: r for r in state.results}
+        rounds, sources = repair_rounds(state, cfg), None
+        if rounds == 0 and state.enhance_repair:  # the scaled graph's enhancement: one round for these tools
+            rounds, sources = 1, state.enhance_repair
+        todo = [c for c in state.calls if _repairable(latest.get(c.index)) and (sources is None or c.source in sources)]
+        if state.repair_round >= rounds or not todo:
+            return Command(goto="assemble")
+        emit = get_stream_writer()
+        round_ = state.repair_round + 1
+        emit({"event": "repair", "round": round_, "status": "asking", "indices": [c.index for c in todo]})
+        _, messages, tools = await self.chat(state, cfg)
+        messages = [*messages, {"role": "assistant", "content": state.draft}]
+        sampling = _sampling(state, cfg)
+        if sampling.seed is not None:  # another round, another sample
+            sampling = dataclasses.replace(sampling, seed=sampling.seed + round_)
+        policy = await self.policy_for(cfg)
+        total = len(state.input_images) + len(state.calls)
+        repairs = await asyncio.gather(
+            *(
+                self._repair(
+                    policy,
+                    messages,
+                    call,
+                    latest[call.index],
+                    tools,
+                    sampling,
+                    cfg,
+                    round_,
+                    total,
+                    len(state.input_images),
+                )
+                for call in todo
+            )
+        )
+        replaced = {r.index: r.call for r in repairs if r.call is not None}
+        calls = [replaced.get(c.index, c) for c in state.calls]
+        rerun = _with_dependents(set(replaced), calls, latest)
+        run_key = uuid.uuid4().hex
+        context = self._run(run_key, cfg, runtime)
+        invalid: list[ImageResult] = []
+        sends: list[Send] = []
+        try:
+            for result in latest.values():  # what stays: the edits that are sent again may read it
+                if result.index not in rerun:
+                    await context.board.publish(result)
+            for call in calls:
+                if call.index not in rerun:
+                    continue
+                if not call.valid:
+                    result = failed(call, f"invalid tag: {call.error}")
+                    await context.board.publish(result)
+                    invalid.append(result)
+                    continue
+                sends.append(Send(call.source, _task(call, state, run_key, _wait_budget(cfg))))
+        finally:
+            release_run(context)
+        await close_run(state.run_key)
+        for repair in repairs:
+            emit({"event": "repair", "round": round_, "index": repair.index, "status": "rewritten" if repair.call
+                  else "no tag", "error": repair.error})  # fmt: skip
+        update = {
+            "calls": calls,
+            "run_key": run_key,
+            "repair_round": round_,
+            "repairs": list(repairs),
+            "results": invalid,
+        }
+        return Command(update=update, goto=sends or "review")
+
+    async def _repair(
+        self,
+        policy: Policy,
+        messages: list[Message],
+        call: ToolCall,
+        result: ImageResult,
+        tools: list[str],
+        sampling: Sampling,
+        cfg: Config,
+        round_: int,
+        total: int,
+        num_inputs: int,
+    ) -> Repair:
+        reason = result.error or "the tool failed"
+        tag = call.raw or _tag_text(call)
+        turn = [*messages, {"role": "user", "content": repair_message(call.index, tag, reason, tools)}]
+        base = Repair(round=round_, index=call.index, failed=call, reason=reason)
+        try:
+            reply = await self.sample(policy, turn, sampling, cfg)
+        except PolicyError as exc:
+            return base.model_copy(update={"error": str(exc)})
+        new = parse_replacement(reply.text, call.index, total, num_inputs)
+        if new is None:
+            return base.model_copy(update={"reply": reply, "error": "the reply holds no <imgen> tag"})
+        return base.model_copy(update={"reply": reply, "call": new})
+
     # --- assemble --------------------------------------------------------------------------------------
 
     async def assemble(self, state: State, runtime: Runtime[Any]) -> dict[str, Any]:
@@ -275,6 +401,60 @@ class _Nodes:
         if "started_at" in state.timings:
             timings["total_s"] = now - state.timings["started_at"]
         return {"document": document, "timings": timings, "tool_metrics": tool_metrics(state.results)}
+
+
+def repair_rounds(state: Request, cfg: Config) -> int:
+    """The request's repair rounds within the operator's cap (the operator's default when it says nothing)."""
+    if state.repair_rounds is not None and state.repair_rounds > cfg.max_repair_rounds:
+        raise InputError(f"repair_rounds {state.repair_rounds} is over this server's limit of {cfg.max_repair_rounds}")
+    return state.repair_rounds if state.repair_rounds is not None else cfg.repair_rounds
+
+
+_UNREPAIRABLE = ("dependency failed", "cancelled")
+"""Failures that are not the slot's own: an edit whose source failed runs again once that source is repaired."""
+
+
+def _repairable(result: ImageResult | None) -> bool:
+    return result is not None and result.status == "failed" and not (result.error or "").startswith(_UNREPAIRABLE)
+
+
+def _with_dependents(indices: set[int], calls: list[ToolCall], latest: dict[int, ImageResult]) -> set[int]:
+    """The repaired slots plus every failed edit that reads one of them, directly or through another."""
+    rerun = set(indices)
+    grew = True
+    while grew:
+        grew = False
+        for call in calls:
+            result = latest.get(call.index)
+            if call.index in rerun or result is None or result.status == "ok":
+                continue
+            if call.depends_on in rerun:
+                rerun.add(call.index)
+                grew = True
+    return rerun
+
+
+def _tag_text(call: ToolCall) -> str:
+    return (
+        f"<imgen>{{'source': {call.source!r}, 'description': {call.description!r}, 'params': {call.params!r}}}</imgen>"
+    )
+
+
+def _wait_budget(cfg: Config) -> float:
+    """How long an edit may wait for its source once that source has started (queueing does not count)."""
+    return cfg.tool_timeout_s * max(1, cfg.tool_attempts) + 8.0 * max(0, cfg.tool_attempts - 1) + 30.0
+
+
+def _task(call: ToolCall, state: State, run_key: str, budget: float) -> ToolTask:
+    """What a tool node gets for one call, with a refusal when the request does not allow its tool."""
+    refusal = None
+    if state.allowed_tools is not None and call.source not in state.allowed_tools:
+        refusal = (
+            f"the {call.source} tool is not allowed for this request (allowed: "
+            + (", ".join(state.allowed_tools) or "none")
+            + ")"
+        )
+    return ToolTask(call=call, run_key=run_key, input_images=state.input_images, refusal=refusal, wait_timeout_s=budget)
 
 
 def _figure(call: ToolCall, result: ImageResult | None) -> Figure:
@@ -359,6 +539,7 @@ def build_graph(
     *,
     config: Config | None = None,
     checkpointer: Any = None,
+    subgraph: bool = False,
 ) -> CompiledStateGraph:
     """Build the llmi graph.
 
@@ -371,14 +552,19 @@ def build_graph(
 
         graph = build_graph(policy=ChatModelPolicy(my_chat_model), config=Config(max_tokens=1024))
         state = await graph.ainvoke({"prompt": "A guide to composting", "temperature": 0.2})
+
+    `subgraph=True` builds it for a parent graph whose state extends `State` (`llmi_graph.scaling`).
     """
     nodes = _Nodes(policy, toolbox, config or Config())
-    builder = StateGraph(State, input_schema=Request, output_schema=Output)
+    # As a subgraph (of `llmi_graph.scaling`) it reads the parent's whole state, the chosen draft (`given`) included;
+    # standing alone, its input is a caller's `Request`, which cannot carry one.
+    builder = StateGraph(State, input_schema=State if subgraph else Request, output_schema=Output)
     builder.add_node("planner", nodes.planner)
-    builder.add_node("parse", nodes.parse, destinations=(*SOURCES, "assemble"))
+    builder.add_node("parse", nodes.parse, destinations=(*SOURCES, "review"))
     for source in SOURCES:
         builder.add_node(source, nodes.tool_node(source), input_schema=ToolTask)
-        builder.add_edge(source, "assemble")
+        builder.add_edge(source, "review")
+    builder.add_node("review", nodes.review, destinations=(*SOURCES, "review", "assemble"))
     builder.add_node("assemble", nodes.assemble)
     builder.add_edge(START, "planner")
     builder.add_edge("planner", "parse")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import functools
 import threading
 import time
@@ -52,6 +53,19 @@ class Policy(Protocol):
     async def generate(
         self, messages: Sequence[Message], sampling: Sampling, on_token: TokenCallback | None = None
     ) -> PolicyOutput: ...
+
+
+async def generate_n(policy: Policy, messages: Sequence[Message], sampling: Sampling, n: int) -> list[PolicyOutput]:
+    """`n` drafts for one chat: one request or one batch where the policy can (`generate_n`), else `n` calls, each
+    with its own seed (seed + k) when a seed is set, so they differ."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    many = getattr(policy, "generate_n", None)
+    if many is not None:
+        return list(await many(messages, sampling, n))
+    seeds = [None if sampling.seed is None else sampling.seed + k for k in range(n)]
+    calls = (policy.generate(messages, dataclasses.replace(sampling, seed=seed)) for seed in seeds)
+    return list(await asyncio.gather(*calls))
 
 
 def to_langchain(messages: Sequence[Message]) -> list[BaseMessage]:
@@ -121,10 +135,11 @@ class OpenAIPolicy(ChatModelPolicy):
         self.base_url, self.timeout_s, self.api_key, self.name = base_url, timeout_s, api_key, model
         self.model = self._chat_model(None)
 
-    def _chat_model(self, client: httpx.AsyncClient | None) -> BaseChatModel:
+    def _chat_model(self, client: httpx.AsyncClient | None, n: int = 1) -> BaseChatModel:
         from langchain_openai import ChatOpenAI
 
         return ChatOpenAI(
+            n=n,
             base_url=self.base_url,
             model=self.name,
             api_key=self.api_key or "EMPTY",
@@ -166,12 +181,50 @@ class OpenAIPolicy(ChatModelPolicy):
             await client.aclose()
         return _with_raw_ids(output, sink[-1] if sink else None)
 
+    async def generate_n(self, messages: Sequence[Message], sampling: Sampling, n: int) -> list[PolicyOutput]:
+        """`n` drafts from one request (`n` in the body, as vLLM and OpenAI take it): the server shares the prompt's
+        prefill, and a seed gives n different samples rather than n copies of one."""
+        if n == 1:
+            return [await self.generate(messages, sampling)]
+        sink: list[dict[str, Any]] = []
+        token = _raw_capture.set(sink)
+        client = await asyncio.to_thread(
+            httpx.AsyncClient,
+            timeout=httpx.Timeout(self.timeout_s, connect=10.0),
+            event_hooks={"response": [_capture_response]},
+        )
+        try:
+            model = await asyncio.to_thread(self._chat_model, client, n)
+            start = time.perf_counter()
+            result = await model.agenerate([to_langchain(messages)], **self._invoke_kwargs(sampling))
+        finally:
+            _raw_capture.reset(token)
+            await client.aclose()
+        elapsed = time.perf_counter() - start
+        outputs = []
+        for k, generation in enumerate(result.generations[0]):
+            info = generation.generation_info or {}
+            message = getattr(generation, "message", None)
+            text = message.text if message is not None and isinstance(message.content, list) else generation.text
+            output = PolicyOutput(
+                text=text,
+                backend=self.backend,
+                model=self.name,
+                finish_reason=info.get("finish_reason"),
+                latency_s=elapsed,
+            )
+            outputs.append(_with_raw_ids(output, sink[-1] if sink else None, k))
+        if len(outputs) != n:
+            raise RuntimeError(f"asked {self.base_url} for {n} drafts in one request and got {len(outputs)}")
+        return outputs
 
-def _with_raw_ids(output: PolicyOutput, raw: dict[str, Any] | None) -> PolicyOutput:
-    """Copy vLLM's token ids and logprobs from a raw chat-completion response into the output."""
-    if not raw or not raw.get("choices"):
+
+def _with_raw_ids(output: PolicyOutput, raw: dict[str, Any] | None, index: int = 0) -> PolicyOutput:
+    """Copy vLLM's token ids and logprobs of choice `index` from a raw chat-completion response into the output."""
+    choices = sorted((raw or {}).get("choices") or [], key=lambda c: c.get("index", 0))
+    if len(choices) <= index:
         return output
-    choice = raw["choices"][0]
+    choice = choices[index]
     content = (choice.get("logprobs") or {}).get("content") or []
     logprobs = [float(t["logprob"]) for t in content if t.get("logprob") is not None]
     prompt_ids = raw.get("prompt_token_ids") or choice.get("prompt_token_ids")
@@ -216,6 +269,11 @@ class ModelPolicy:
         if len(pending) == 1:
             loop.call_later(self.batch_wait_s, lambda: loop.create_task(self._flush(loop)))
         return await future
+
+    async def generate_n(self, messages: Sequence[Message], sampling: Sampling, n: int) -> list[PolicyOutput]:
+        """`n` drafts in one batch (the same sampling, so they share a forward pass and the prompt's prefill; one
+        seed draws n different samples)."""
+        return list(await asyncio.gather(*(self.generate(messages, sampling) for _ in range(n))))
 
     async def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         pending = self._pending.pop(loop, [])

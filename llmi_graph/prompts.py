@@ -141,3 +141,45 @@ def build_user_message(prompt: str, input_images: Sequence[ImageRef] = ()) -> st
         return prompt
     described = ", ".join(f"image {i} ({ref.width}x{ref.height})" for i, ref in enumerate(input_images))
     return f"{prompt}\n\n(Attached: {described}. An 'edit' tag can change them by img_index.)"
+
+
+def repair_message(index: int, tag: str, reason: str, tools: Sequence[str]) -> str:
+    """The user turn that sends one failed slot back to the policy: the tag as written and why it failed."""
+    usable = ", ".join(f"'{t}'" for t in tools) or "none"
+    return (
+        f"Image {index} of your answer failed.\nIts tag: {tag}\nWhy: {reason}\n"
+        f"Reply with one corrected <imgen> tag for this image and nothing else. Tools you may use: {usable}."
+    )
+
+
+def detail_message(prompt: str) -> list[dict[str, Any]]:
+    """The chat that asks the policy to rewrite a diffusion prompt into a detailed one (tool-specific enhancement)."""
+    return [
+        {"role": "system", "content": "You write prompts for an image generator."},
+        {
+            "role": "user",
+            "content": "Rewrite this image prompt into a detailed one: the subject, the setting, the style, the light "
+            f"and the composition, in one paragraph. Reply with the new prompt only.\n\nPrompt: {prompt}",
+        },
+    ]
+
+
+FIGURE_MARK = "[[FIGURE {index}]]"
+
+
+def polish_messages(prompt: str, document: str) -> list[dict[str, Any]]:
+    """The chat that asks the policy to rewrite a finished document's text around its figures (polish)."""
+    return [
+        {
+            "role": "system",
+            "content": "You are an editor. You improve the text of documents that mix text and figures.",
+        },
+        {
+            "role": "user",
+            "content": f"The user asked: {prompt}\n\nHere is the document. Each figure is a line like [[FIGURE 0]], "
+            "followed by what it shows; FAILED marks a figure that could not be made.\n\n"
+            f"{document}\n\nRewrite the text so it reads well and fits the figures. Keep every [[FIGURE n]] line "
+            "exactly as it is and where it is, drop the lines that say what a figure shows, and remove any sentence "
+            "that points the reader to a FAILED figure. Reply with the whole document.",
+        },
+    ]

@@ -33,7 +33,18 @@ from markdown_it.rules_inline import StateInline
 from markdown_it.token import Token
 
 from llmi_graph.config import Config
-from llmi_graph.state import Figure, ImageRef, ImageResult, PolicyOutput, State
+from llmi_graph.state import (
+    Candidate,
+    Enhancement,
+    Figure,
+    ImageRef,
+    ImageResult,
+    PolicyOutput,
+    Polish,
+    Repair,
+    State,
+    cost,
+)
 from llmi_graph.store import ImageStore
 from llmi_graph.tags import SOURCES, ImageSlot, TextSegment, ToolCall
 
@@ -344,12 +355,32 @@ def trajectory(state: State, cfg: Config | None = None, image_paths: dict[int, s
             "images_ok": sum(1 for r in state.results if r.status == "ok"),
             "images_failed": sum(1 for c in calls if c["status"] != "ok"),
             "cache_hits": sum(1 for r in state.results if r.cache_hit),
+            "repairs": len(state.repairs),
+            **cost(state),
+            "repaired": sum(1 for c in calls if c["status"] == "ok" and c["index"] in {r.index for r in state.repairs}),
         },
+        # every repair turn: the failed call and why, the policy's reply (tokens, logprobs) and the call it gave
+        "repairs": [r.model_dump(mode="json") for r in state.repairs],
         "segments": [s.model_dump(mode="json") for s in state.segments],
         "timings": {k: round(v, 4) for k, v in state.timings.items()},
         "tool_metrics": state.tool_metrics,
         "policy": policy,
         "config": _public_config(cfg) if cfg else None,
+        **_scaling(state),
+    }
+
+
+def _scaling(state: State) -> dict[str, Any]:
+    """The scaled graph's record (every candidate with its validation and score, the choice, enhancements, polish);
+    nothing for a run of the llmi graph alone."""
+    if not state.drafts:
+        return {}
+    return {
+        "candidates": [c.model_dump(mode="json") for c in state.drafts],
+        "selected": state.selected,
+        "selector": state.selector,
+        "enhancements": [e.model_dump(mode="json") for e in state.enhancements],
+        "polish": state.polish_turn.model_dump(mode="json") if state.polish_turn else None,
     }
 
 
@@ -392,7 +423,10 @@ def load_state(path: str | os.PathLike[str]) -> State:
         input_images=[ImageRef(**r) for r in data.get("input_images", [])], system_prompt=data.get("system_prompt", ""),
         draft=data["draft"], policy=PolicyOutput(**data["policy"]) if data.get("policy") else None, segments=segments,
         calls=calls, results=results, document=document, timings=data.get("timings", {}),
-        tool_metrics=data.get("tool_metrics", {}),
+        tool_metrics=data.get("tool_metrics", {}), repairs=[Repair(**r) for r in data.get("repairs", [])],
+        drafts=[Candidate(**c) for c in data.get("candidates", [])], selected=data.get("selected"),
+        selector=data.get("selector", ""), enhancements=[Enhancement(**e) for e in data.get("enhancements", [])],
+        polish_turn=Polish(**data["polish"]) if data.get("polish") else None,
     )  # fmt: skip
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from llmi_graph.checks import Validation
 from llmi_graph.tags import SOURCES, ImageSlot, TextSegment, ToolCall
 
 
@@ -59,6 +60,46 @@ class PolicyOutput(BaseModel):
     )
 
 
+class Repair(BaseModel):
+    """One repair of a failed slot: the call that failed and why, the policy's reply (its own tokens and logprobs,
+    a turn of its own) and the call that replaced the failed one."""
+
+    round: int
+    index: int
+    failed: ToolCall = Field(description="The call that failed.")
+    reason: str = Field(description="Why it failed, as the policy was told.")
+    reply: PolicyOutput | None = Field(default=None, description="The policy's reply; None when the policy failed.")
+    call: ToolCall | None = Field(default=None, description="The call read from the reply; None when it held none.")
+    error: str | None = Field(default=None, description="Why the repair gave no call (no tag, policy error).")
+
+
+class Candidate(BaseModel):
+    """One sampled draft, what validation found in it, and its selection score."""
+
+    output: PolicyOutput
+    validation: Validation
+    score: float | None = Field(default=None, description="The selector's score (higher is better).")
+    rules_score: float = Field(description="The rules selector's score (ties of other selectors fall to it).")
+
+
+class Enhancement(BaseModel):
+    """A diffusion prompt the policy rewrote into a detailed one before generation."""
+
+    index: int
+    before: str
+    after: str | None = Field(default=None, description="The prompt used; None when the rewrite was not usable.")
+    reply: PolicyOutput | None = None
+    error: str | None = None
+
+
+class Polish(BaseModel):
+    """The polish turn: the policy's rewrite of the text around the final figures, and whether it was used."""
+
+    applied: bool
+    reply: PolicyOutput | None = None
+    error: str | None = Field(default=None, description="Why the rewrite was not used.")
+
+
 class Figure(BaseModel):
     """An image slot of the finished document: the image, or why there is none."""
 
@@ -105,6 +146,9 @@ class Request(BaseModel):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="Sampling temperature (0: greedy).")
     top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     seed: int | None = Field(default=None, ge=0, lt=2**63, description="Sampling seed, for repeatable drafts.")
+    repair_rounds: int | None = Field(
+        default=None, ge=0, description="Rounds of tool-failure repair (capped; None: the operator's default)."
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -150,9 +194,16 @@ class Output(BaseModel):
     segments: list[TextSegment | ImageSlot] = Field(default_factory=list)
     calls: list[ToolCall] = Field(default_factory=list)
     results: list[ImageResult] = Field(default_factory=list)
+    repairs: list[Repair] = Field(default_factory=list)
     document: list[TextSegment | Figure] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)
     tool_metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # What the scaled graph (`llmi_graph.scaling`) did; empty for a run of the llmi graph alone.
+    drafts: list[Candidate] = Field(default_factory=list, description="Every candidate draft, in sampling order.")
+    selected: int | None = Field(default=None, description="The index of the chosen draft in `drafts`.")
+    selector: str = Field(default="", description="What chose it: rules, judge or relative.")
+    enhancements: list[Enhancement] = Field(default_factory=list)
+    polish_turn: Polish | None = None
 
 
 class State(Request):
@@ -166,13 +217,36 @@ class State(Request):
     policy: PolicyOutput | None = None
     segments: list[TextSegment | ImageSlot] = Field(default_factory=list)
     calls: list[ToolCall] = Field(default_factory=list)
-    results: Annotated[list[ImageResult], operator.add] = Field(default_factory=list)
+    results: Annotated[list[ImageResult], operator.add] = Field(
+        default_factory=list, description="Every attempt's result; a slot's last one is its final result."
+    )
+    repairs: Annotated[list[Repair], operator.add] = Field(default_factory=list)
+    repair_round: int = 0
+    given: PolicyOutput | None = Field(
+        default=None,
+        description="A draft chosen upstream (the scaled graph's selection): the planner uses it instead of sampling. "
+        "Not part of the request: a caller cannot set it.",
+    )
+    # Set by the scaled graph's enhancement (`llmi_graph.scaling`), never by a request:
+    overrides: dict[int, dict[str, Any]] = Field(
+        default_factory=dict, description="Params that replace a valid call's own, by image index (rewritten prompts)."
+    )
+    enhance_repair: list[str] = Field(
+        default_factory=list,
+        description="Tools whose failed slots get one repair round even when repair_rounds is 0 (enhancement).",
+    )
     document: list[TextSegment | Figure] = Field(default_factory=list)
     timings: Annotated[dict[str, float], _merge] = Field(default_factory=dict)
     tool_metrics: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="Per tool: calls, ok, failed, cache hits, attempts, latency."
     )
     run_key: str = ""
+    # What the scaled graph (`llmi_graph.scaling`) did; empty for a run of the llmi graph alone.
+    drafts: list[Candidate] = Field(default_factory=list, description="Every candidate draft, in sampling order.")
+    selected: int | None = Field(default=None, description="The index of the chosen draft in `drafts`.")
+    selector: str = Field(default="", description="What chose it: rules, judge or relative.")
+    enhancements: list[Enhancement] = Field(default_factory=list)
+    polish_turn: Polish | None = None
 
 
 class ToolTask(BaseModel):
@@ -186,3 +260,26 @@ class ToolTask(BaseModel):
         default=600.0,
         description="How long an edit may wait for its source image once that has started (queueing not counted).",
     )
+
+
+def policy_turns(state: Output | State) -> list[PolicyOutput]:
+    """Every policy output a run paid for: the candidates (or the one draft), each repair reply, each enhancement
+    rewrite and the polish turn."""
+    turns = [c.output for c in state.drafts] or ([state.policy] if state.policy else [])
+    turns += [r.reply for r in state.repairs if r.reply]
+    turns += [e.reply for e in state.enhancements if e.reply]
+    if state.polish_turn and state.polish_turn.reply:
+        turns.append(state.polish_turn.reply)
+    return turns
+
+
+def cost(state: Output | State) -> dict[str, int]:
+    """What a run cost: policy turns and the tokens they wrote (and read), and tool calls (attempts that reached a
+    tool; an invalid tag reaches none)."""
+    turns = policy_turns(state)
+    return {
+        "policy_turns": len(turns),
+        "policy_tokens": sum(len(t.completion_token_ids or ()) or t.usage.get("completion_tokens", 0) for t in turns),
+        "prompt_tokens": sum(len(t.prompt_token_ids or ()) or t.usage.get("prompt_tokens", 0) for t in turns),
+        "tool_calls": sum(1 for r in state.results if not (r.error or "").startswith("invalid tag")),
+    }

@@ -160,6 +160,18 @@ def parse_tags(text: str, num_input_images: int = 0) -> ParsedDraft:
     return ParsedDraft(segments=segments, calls=calls, num_input_images=num_input_images)
 
 
+def parse_replacement(text: str, index: int, total: int, num_input_images: int = 0) -> ToolCall | None:
+    """The first tag of `text` (a policy's reply that rewrites one tag) read as slot `index` of a draft with `total`
+    images, so an edit may read any image before it; None when the reply holds no tag. `raw` is the tag as written;
+    `start` and `end` are its offsets in the reply."""
+    for start, end, body, closed, near_miss in _find_tags(text):
+        call = _build_call(body, closed, index=index, total=total, num_input_images=num_input_images)
+        if near_miss:
+            call = call.model_copy(update={"error": f"{near_miss}; {call.error}" if call.error else near_miss})
+        return call.model_copy(update={"raw": text[start:end], "start": start, "end": end})
+    return None
+
+
 # --- finding tags -----------------------------------------------------------------------------------
 
 

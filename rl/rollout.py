@@ -63,6 +63,13 @@ class GraphRollout:
         max_concurrency: int = 64,
         scorer: Scorer | None = None,
     ):
+        if cfg.repair_rounds:
+            # The trainer learns from the first turn's tokens only; rewards for images a repair turn made would be
+            # credited to a draft that did not make them. Repairs are recorded per turn (State.repairs) for a
+            # multi-turn trainer, which is not built.
+            raise ValueError(
+                f"repair_rounds={cfg.repair_rounds}: RL rollouts run without repair (GRPO trains on the first turn)"
+            )
         self.rows, self.cfg, self.policy_factory = rows, cfg, policy_factory
         self.toolbox, self.max_concurrency, self.scorer = toolbox, max_concurrency, scorer
         self.times = RolloutTimes()

@@ -99,11 +99,27 @@ class FakeOpenAIServer:
             if self.status != 200:
                 return JSONResponse({"error": {"message": "fake server error"}}, status_code=self.status)
             last = body["messages"][-1]["content"]
-            text = self.drafts[min(self._counter, len(self.drafts) - 1)] if self.drafts else f"echo: {last}"
-            self._counter += 1
-            # Deterministic fake token ids: one per character, offset by the request number.
-            base = 1000 * self._counter
-            token_ids = [base + i for i in range(len(text))]
+            choices, completion_tokens = [], 0
+            for index in range(int(body.get("n") or 1)):  # n > 1: the next n drafts, one choice each
+                text = self.drafts[min(self._counter, len(self.drafts) - 1)] if self.drafts else f"echo: {last}"
+                self._counter += 1
+                # Deterministic fake token ids: one per character, offset by the draft number.
+                base = 1000 * self._counter
+                completion_tokens += len(text)
+                choices.append(
+                    {
+                        "index": index,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                        "token_ids": [base + i for i in range(len(text))],
+                        "logprobs": {
+                            "content": [
+                                {"token": ch, "logprob": -0.01 * (i % 7), "bytes": None, "top_logprobs": []}
+                                for i, ch in enumerate(text)
+                            ]
+                        },
+                    }
+                )
             return JSONResponse(
                 {
                     "id": f"chatcmpl-fake-{self._counter}",
@@ -111,29 +127,11 @@ class FakeOpenAIServer:
                     "created": int(time.time()),
                     "model": body["model"],
                     "prompt_token_ids": [1, 2, 3, self._counter],
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": text},
-                            "finish_reason": "stop",
-                            "token_ids": token_ids,
-                            "logprobs": {
-                                "content": [
-                                    {
-                                        "token": ch,
-                                        "logprob": -0.01 * (i % 7),
-                                        "bytes": None,
-                                        "top_logprobs": [],
-                                    }
-                                    for i, ch in enumerate(text)
-                                ]
-                            },
-                        }
-                    ],
+                    "choices": choices,
                     "usage": {
                         "prompt_tokens": 4,
-                        "completion_tokens": len(text),
-                        "total_tokens": 4 + len(text),
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": 4 + completion_tokens,
                     },
                 }
             )

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from llmi_graph.report import load_state
 from tests.fakes import FakeOpenAIServer, png
 
 CHART_CODE = "x = np.linspace(-3, 3, 61)\nplt.plot(x, x**2)\nplt.title('y = x^2')"
@@ -262,3 +263,43 @@ def test_score_a_report_with_the_hybrid_reward(tmp_path, env, requires_bwrap):
     assert score["judges"]["llm"]["model"] == "fake-judge" and score["judges"]["llm"]["prompt_version"] == "llm-judge/1"
     bad = llmi("score", str(tmp_path / "nope"), env=env)
     assert bad.returncode == 2 and "cannot score" in bad.stderr
+
+
+def test_run_repairs_a_failed_chart_with_repair_rounds(tmp_path, env, requires_bwrap):
+    broken = "<imgen>{'source': 'code', 'description': 'c', 'params': {'code': 'plt.line([1, 2])'}}</imgen>"
+    fixed = "<imgen>{'source': 'code', 'description': 'c', 'params': {'code': 'plt.plot([1, 2])'}}</imgen>"
+    with FakeOpenAIServer([f"A chart.\n{broken}", fixed]) as server:
+        result = llmi(
+            "run", "Chart it", "--policy-url", server.url, "--repair-rounds", "1", "--out", str(tmp_path / "o"), env=env
+        )
+        asked = server.requests[-1]["messages"]
+    assert result.returncode == 0, result.stderr
+    assert "1 made, 0 failed (1 repair turn(s), 1 slot(s) repaired)" in result.stderr
+    assert (
+        asked[-2] == {"role": "assistant", "content": f"A chart.\n{broken}"}
+        and "AttributeError" in asked[-1]["content"]
+    )
+    traj = json.loads((tmp_path / "o" / "trajectory.json").read_text())
+    assert traj["summary"]["repairs"] == 1 and traj["summary"]["repaired"] == 1
+    assert traj["repairs"][0]["reply"]["text"] == fixed and traj["calls"][0]["params"]["code"] == "plt.plot([1, 2])"
+    assert load_state(tmp_path / "o").repairs[0].call.params["code"] == "plt.plot([1, 2])"
+    negative = llmi("run", "Chart it", "--repair-rounds", "-1", env=env)
+    assert negative.returncode == 2 and "repair-rounds" in negative.stderr
+
+
+def test_run_with_candidates_keeps_the_one_that_would_work(tmp_path, env, requires_bwrap):
+    no_compile = "<imgen>{'source': 'code', 'description': 'c', 'params': {'code': 'plt.plot([1,'}}</imgen>"
+    works = "<imgen>{'source': 'code', 'description': 'c', 'params': {'code': 'plt.plot([1, 2])'}}</imgen>"
+    with FakeOpenAIServer([f"One. {no_compile}", f"Two. {works}"]) as server:
+        result = llmi(
+            "run", "Chart it", "--policy-url", server.url, "--candidates", "2", "--out", str(tmp_path / "o"), env=env
+        )
+        assert len(server.requests) == 1 and server.requests[0]["n"] == 2
+    assert result.returncode == 0, result.stderr
+    assert "chose draft 1 of 2 (rules scores: 1.00, 2.00)" in result.stderr
+    traj = json.loads((tmp_path / "o" / "trajectory.json").read_text())
+    assert traj["selected"] == 1 and traj["selector"] == "rules" and traj["draft"] == f"Two. {works}"
+    assert [c["validation"]["clean"] for c in traj["candidates"]] == [0, 1]
+    assert traj["candidates"][0]["validation"]["problems"][0]["reason"].startswith("the code does not compile")
+    no_judge = llmi("run", "Chart it", "--candidates", "2", "--select", "judge", env=env)
+    assert no_judge.returncode == 2 and "--select judge needs a judge: --judge-url" in no_judge.stdout + no_judge.stderr

@@ -73,7 +73,7 @@ async def test_langgraph_dev_runs_the_graph(dev_server, requires_bwrap):
     url, policy = dev_server
     client = get_client(url=url)
     assistants = await client.assistants.search()
-    assert [a["graph_id"] for a in assistants] == ["llmi"]
+    assert sorted(a["graph_id"] for a in assistants) == ["llmi", "llmi-scaled"]
     state = await client.runs.wait(None, "llmi", input={"prompt": "Compare a and b", "max_tokens": 64})
     assert state["draft"] == DRAFT
     figures = [item for item in state["document"] if item["kind"] == "figure"]
@@ -110,8 +110,24 @@ async def test_a_client_cannot_choose_operator_settings(dev_server, tmp_path):
 
     with pytest.raises(Exception, match=r"InputError: input image 0 is unusable: .*file paths are not accepted"):
         await client.runs.wait(None, "llmi", input={"prompt": "x", "images": ["/etc/hostname"]})
-    schema = await client.assistants.get_schemas((await client.assistants.search())[0]["assistant_id"])
-    assert set(schema["input_schema"]["properties"]) == {
-        "prompt", "images", "image_num", "allowed_tools", "max_tokens", "temperature", "top_p", "seed",
-    }  # fmt: skip
+    ids = {a["graph_id"]: a["assistant_id"] for a in await client.assistants.search()}
+    schema = await client.assistants.get_schemas(ids["llmi"])
+    request = {"prompt", "images", "image_num", "allowed_tools", "max_tokens", "temperature", "top_p", "seed"}
+    assert set(schema["input_schema"]["properties"]) == request | {"repair_rounds"}
     assert "run_key" not in schema["output_schema"]["properties"]
+    scaled = await client.assistants.get_schemas(ids["llmi-scaled"])
+    scaling = {"repair_rounds", "candidates", "select", "enhance", "polish"}
+    assert set(scaled["input_schema"]["properties"]) == request | scaling
+    with pytest.raises(Exception, match="candidates 99 is over this server's limit of 8"):
+        await client.runs.wait(None, "llmi-scaled", input={"prompt": "x", "candidates": 99})
+
+
+async def test_langgraph_dev_runs_the_scaled_graph(dev_server, requires_bwrap):
+    url, policy = dev_server
+    client = get_client(url=url)
+    state = await client.runs.wait(None, "llmi-scaled", input={"prompt": "Compare a and b", "candidates": 2})
+    assert len(policy.requests) == 1 and policy.requests[0]["n"] == 2  # both candidates from one request
+    assert [d["output"]["text"] for d in state["drafts"]] == [DRAFT, DRAFT] and state["selected"] == 0
+    assert state["selector"] == "rules" and state["draft"] == DRAFT
+    figures = [item for item in state["document"] if item["kind"] == "figure"]
+    assert len(figures) == 1 and figures[0]["status"] == "ok", figures

@@ -53,6 +53,16 @@ async def test_openai_policy_captures_vllm_token_ids(policy_server):
 
 
 @pytest.mark.slow
+async def test_openai_policy_samples_k_candidates_in_one_vllm_request(policy_server):
+    policy = OpenAIPolicy(policy_server.url, "smollm2")
+    outs = await policy.generate_n(MESSAGES, Sampling(max_tokens=24, temperature=1.0, seed=5), 3)
+    assert len(outs) == 3 and len({tuple(o.completion_token_ids or ()) for o in outs}) == 3  # one seed, 3 samples
+    for out in outs:
+        assert out.completion_token_ids and len(out.logprobs or ()) == len(out.completion_token_ids)
+        assert out.prompt_token_ids == outs[0].prompt_token_ids and out.text
+
+
+@pytest.mark.slow
 def test_lora_adapter_loaded_at_runtime_and_used_by_name(policy_server, embedded_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -98,7 +98,11 @@ async def test_full_report_is_self_contained_and_safe(cfg, tmp_path):
     assert traj["calls"][0]["image"] == "images/00-search.png"
     assert traj["calls"][1]["reason"] == "<b>boom</b>"
     assert traj["draft"] == draft
-    assert traj["summary"] == {"tags": 2, "valid": 2, "images_ok": 1, "images_failed": 1, "cache_hits": 0}
+    assert traj["summary"] == {
+        "tags": 2, "valid": 2, "images_ok": 1, "images_failed": 1, "cache_hits": 0, "repairs": 0, "repaired": 0,
+        "policy_turns": 1, "policy_tokens": 0, "prompt_tokens": 0, "tool_calls": 2,
+    }  # fmt: skip
+    assert traj["repairs"] == []
     assert traj["tool_metrics"]["search"]["ok"] == 1 and traj["tool_metrics"]["diffusion"]["failed"] == 1
     assert "policy_api_key_env" not in traj["config"]
 

@@ -1,0 +1,68 @@
+"""Judges as selectors for test-time scaling (`llmi_graph.scaling.DraftScorer`): the app that composes the scaled
+graph passes them in by name, so the graph never imports `judges`.
+
+- `JudgeSelector` (`judge`): the LLM judge (`judges.llm.LLMJudge`) scores each draft on its own; a draft's score is
+  the mean of its Text and Image scores (1-5), and 0 when the judge gave none.
+- `RelativeSelector` (`relative`): one call shows the judge all K drafts and asks for a 0-10 score of each against
+  the others, as RULER does for GRPO groups: comparing is easier than grading alone, and one call costs less than K.
+  A failed call gives every draft 0, so the rules decide (the scaled graph breaks ties with the rules score).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from langchain_core.messages import HumanMessage, SystemMessage
+from pydantic import BaseModel, Field, create_model
+
+from judges._endpoint import JudgeEndpoint, JudgeResult, ask_for_scores
+from judges.llm import RUBRIC, LLMJudge
+
+RELATIVE_PROMPT_VERSION = "relative-judge/1"
+
+RELATIVE_RUBRIC = (
+    RUBRIC.split("Give two scores")[0]
+    + """You see several answers to the same request. Score each from 0 (worst) to 10 (best) against the others:
+how well its text does what the user asked, and how good its image plan is (relevant, specific tags with the right
+source, where the reader needs them; tags that cannot work, such as code that does not compile, count against it).
+Different answers may share a score. Answer with one score per answer and a short explanation."""
+)
+
+
+class JudgeSelector:
+    """The `judge` selector: each draft scored by the LLM judge on its own (mean of Text and Image, 1-5)."""
+
+    def __init__(self, judge: LLMJudge):
+        self.judge = judge
+        self.last: list[JudgeResult] = []
+
+    async def score(self, prompt: str, drafts: Sequence[str]) -> list[float]:
+        self.last = await self.judge.judge_many([(prompt, d) for d in drafts])
+        return [sum(r.scores.values()) / len(r.scores) if r.scores else 0.0 for r in self.last]
+
+
+class RelativeSelector:
+    """The `relative` selector: one judge call ranks the K drafts against each other (0-10 each)."""
+
+    def __init__(self, endpoint: JudgeEndpoint):
+        self.endpoint = endpoint
+        self.last: JudgeResult | None = None
+
+    @staticmethod
+    def names(k: int) -> list[str]:
+        return [f"answer_{i + 1}" for i in range(k)]
+
+    def messages(self, prompt: str, drafts: Sequence[str]) -> list:
+        shown = "\n\n".join(f"=== Answer {i + 1} ===\n{d}" for i, d in enumerate(drafts))
+        user = f"User request:\n{prompt}\n\n{shown}\n\nScore each answer from 0 to 10 against the others."
+        return [SystemMessage(content=RELATIVE_RUBRIC), HumanMessage(content=user)]
+
+    async def score(self, prompt: str, drafts: Sequence[str]) -> list[float]:
+        names = self.names(len(drafts))
+        fields: dict = {n: (int, Field(ge=0, le=10, description=f"Score of answer {n[7:]}")) for n in names}
+        schema: type[BaseModel] = create_model("RelativeJudgement", **fields, explanation=(str, Field(default="")))
+        self.last = await ask_for_scores(
+            self.endpoint, self.messages(prompt, drafts), schema, names, RELATIVE_PROMPT_VERSION, low=0, high=10
+        )
+        scores = self.last.scores
+        return [scores[n] for n in names] if scores else [0.0] * len(drafts)
