@@ -126,7 +126,7 @@ def run(
             edit_server_urls=",".join(edit_server) if edit_server else None, tool_cache=tool_cache,
         )  # fmt: skip
         toolbox = toolbox_for(cfg)
-        _check_adapter(adapter, policy_url)
+        _check_adapter(adapter, policy_url, cfg)
         scorers = _scorers(cfg.select, judge_url, judge_model)
         out_dir = _prepare_out(out)
     except (CliError, ValueError) as exc:
@@ -437,14 +437,20 @@ def batch(
     raise typer.Exit(code)
 
 
-def _check_adapter(adapter: str | None, policy_url: str | None) -> None:
-    """--adapter names a LoRA folder, 'shipped' or 'none'; a folder is for the embedded policy only."""
+def _check_adapter(adapter: str | None, policy_url: str | None, cfg: Config | None = None) -> None:
+    """--adapter names a LoRA folder, 'shipped' or 'none'; a folder is for the embedded policy only. With `cfg`, the
+    adapter the embedded policy will load (LLMI_ADAPTER, default 'shipped') is checked too, before any work."""
     if explicit_adapter(adapter) and policy_url:
         raise CliError("--adapter is for the embedded policy; at a server, load it there and pass --model NAME")
     try:
         resolve_adapter(adapter)
     except FileNotFoundError as exc:
         raise CliError(f"--adapter {adapter}: {exc}") from None
+    if cfg is not None and adapter is None and not cfg.policy_url:
+        try:
+            resolve_adapter(cfg.adapter, cfg.embedded_model_path)
+        except FileNotFoundError as exc:
+            raise CliError(f"the embedded policy's adapter (LLMI_ADAPTER={cfg.adapter}): {exc}") from None
 
 
 def _operator_config(
@@ -471,7 +477,6 @@ def _operator_config(
 ) -> Config:
     """The operator config of a batch or an evaluation: the environment's, with the command line's options. Test-time
     scaling here selects by rules (`--candidates`); judge selection is `llmi run`'s (`--select judge`)."""
-    _check_adapter(adapter, policy_url)
     cfg = Config.from_env(
         repair_rounds=repair_rounds, candidates=candidates, enhance=enhance, polish=polish,
         policy_url=policy_url, policy_model=model, adapter=adapter, max_tokens=max_tokens, temperature=temperature,
@@ -480,6 +485,7 @@ def _operator_config(
         image_server_urls=",".join(image_server) if image_server else None,
         edit_server_urls=",".join(edit_server) if edit_server else None, tool_cache=tool_cache,
     )  # fmt: skip
+    _check_adapter(adapter, policy_url, cfg)
     if cfg.select != "rules":
         raise CliError(f"LLMI_SELECT={cfg.select}: batches and evaluations select by rules; `llmi run` takes judges")
     return cfg

@@ -120,6 +120,10 @@ def test_bad_adapter(tmp_path, env):
     assert result.returncode == 2 and "not a LoRA adapter folder (no adapter_config.json)" in result.stderr
     result = llmi("run", "p", "--adapter", str(tmp_path), "--policy-url", "http://127.0.0.1:9/v1", env=env)
     assert result.returncode == 2 and "--adapter is for the embedded policy" in result.stderr
+    # the adapter the embedded policy would load from the environment is checked before any work, too
+    result = llmi("run", "p", "--out", str(tmp_path / "o2"), env={**env, "LLMI_ADAPTER": str(tmp_path)})
+    assert result.returncode == 2 and f"the embedded policy's adapter (LLMI_ADAPTER={tmp_path})" in result.stderr
+    assert not (tmp_path / "o2").exists()
     assert not (tmp_path / "o").exists()
 
 
