@@ -177,7 +177,7 @@ def test_sft_then_grpo_goes_on_training_the_same_adapter(tmp_path):
             for r in _sample_rows()[:2]
         )
     )
-    cfg = WarmStartConfig(output_dir=str(tmp_path / "warm"), dataset=str(rows), batch_size=1, epochs=1.0)
+    cfg = WarmStartConfig(output_dir=str(tmp_path / "warm"), dataset=str(rows), batch_size=1, epochs=1.0, drill=0)
     adapter = warm_start(cfg)
     warm = load_file(str(adapter / "adapter_model.safetensors"))
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in warm.items())  # SFT moved the zero-initialised B
