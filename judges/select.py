@@ -6,6 +6,9 @@ graph passes them in by name, so the graph never imports `judges`.
 - `RelativeSelector` (`relative`): one call shows the judge all K drafts and asks for a 0-10 score of each against
   the others, as RULER does for GRPO groups: comparing is easier than grading alone, and one call costs less than K.
   A failed call gives every draft 0, so the rules decide (the scaled graph breaks ties with the rules score).
+- `MLLMImageChooser` (`llmi_graph.toolbox.ImageChooser`): search enhancement. One call shows the multimodal judge
+  the top search results for a tag's description and asks for a 0-10 score of each; a failed call gives every
+  image 0, so the rank order decides.
 """
 
 from __future__ import annotations
@@ -17,8 +20,14 @@ from pydantic import BaseModel, Field, create_model
 
 from judges._endpoint import JudgeEndpoint, JudgeResult, ask_for_scores
 from judges.llm import RUBRIC, LLMJudge
+from judges.mllm import image_part
 
 RELATIVE_PROMPT_VERSION = "relative-judge/1"
+CHOOSER_PROMPT_VERSION = "image-chooser/1"
+
+CHOOSER_RUBRIC = """You choose pictures for documents. You see what a picture should show, then several candidate
+pictures, numbered. Score each from 0 (does not show it) to 10 (shows exactly that, clearly): the right subject,
+the details the description names, and a clear, well-made picture. Answer with one score per picture."""
 
 RELATIVE_RUBRIC = (
     RUBRIC.split("Give two scores")[0]
@@ -66,3 +75,28 @@ class RelativeSelector:
         )
         scores = self.last.scores
         return [scores[n] for n in names] if scores else [0.0] * len(drafts)
+
+
+class MLLMImageChooser:
+    """The search enhancement's chooser: the multimodal judge scores the top results against the description."""
+
+    def __init__(self, endpoint: JudgeEndpoint):
+        self.endpoint = endpoint
+        self.last: JudgeResult | None = None
+
+    def messages(self, description: str, images: Sequence[bytes]) -> list:
+        parts: list = [{"type": "text", "text": f"The picture should show: {description}"}]
+        for i, data in enumerate(images):
+            parts += [{"type": "text", "text": f"Picture {i + 1}:"}, image_part(data)]
+        parts.append({"type": "text", "text": "Score each picture from 0 to 10."})
+        return [SystemMessage(content=CHOOSER_RUBRIC), HumanMessage(content=parts)]
+
+    async def scores(self, description: str, images: Sequence[bytes]) -> list[float]:
+        names = [f"picture_{i + 1}" for i in range(len(images))]
+        fields: dict = {n: (int, Field(ge=0, le=10, description=f"Score of picture {n[8:]}")) for n in names}
+        schema: type[BaseModel] = create_model("ImageChoice", **fields, explanation=(str, Field(default="")))
+        self.last = await ask_for_scores(
+            self.endpoint, self.messages(description, images), schema, names, CHOOSER_PROMPT_VERSION, low=0, high=10
+        )
+        scores = self.last.scores
+        return [scores[n] for n in names] if scores else [0.0] * len(images)

@@ -95,6 +95,15 @@ def run(
         str | None, typer.Option(envvar="LLMI_JUDGE_URL", help="LLM judge base URL (for --select judge/relative).")
     ] = None,
     judge_model: Annotated[str, typer.Option(envvar="LLMI_JUDGE_MODEL", help="LLM judge model.")] = "default",
+    mllm_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LLMI_MLLM_JUDGE_URL", help="Multimodal judge URL: with --enhance, it picks search results."
+        ),
+    ] = None,
+    mllm_model: Annotated[
+        str, typer.Option(envvar="LLMI_MLLM_JUDGE_MODEL", help="Multimodal judge model.")
+    ] = "default",
     image_num: Annotated[int, typer.Option(help="Expected images: -1 none, 0 any, 99 at least one, N exactly N.")] = 0,
     tools: Annotated[
         str | None, typer.Option(help=f"Comma-separated tools this request may use ({','.join(SOURCES)}).")
@@ -128,13 +137,14 @@ def run(
         toolbox = toolbox_for(cfg)
         _check_adapter(adapter, policy_url, cfg)
         scorers = _scorers(cfg.select, judge_url, judge_model)
+        chooser = _chooser(cfg, mllm_url, mllm_model)
         out_dir = _prepare_out(out)
     except (CliError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     _describe_tools(cfg, toolbox)
     try:
-        state = State.model_validate(asyncio.run(_run_graph(request, cfg, scorers=scorers)))
+        state = State.model_validate(asyncio.run(_run_graph(request, cfg, scorers=scorers, chooser=chooser)))
         paths = write_report(state, out_dir, image_store(cfg), cfg)
     except (PolicyError, InputError, OSError) as exc:  # write_report is all or nothing: --out is as it was
         console.print(f"[red]error:[/red] {exc}")
@@ -158,6 +168,16 @@ def run(
     typer.echo(f"Report: {paths.html}")
     typer.echo(f"Markdown: {paths.markdown}")
     typer.echo(f"Trajectory: {paths.trajectory}")
+
+
+def _chooser(cfg: Config, mllm_url: str | None, mllm_model: str) -> Any:
+    """With --enhance and a multimodal judge: the chooser that picks among a search's top results."""
+    if not (cfg.enhance and mllm_url):
+        return None
+    from judges._endpoint import JudgeEndpoint
+    from judges.select import MLLMImageChooser
+
+    return MLLMImageChooser(JudgeEndpoint(base_url=mllm_url, model=mllm_model, api_key_env="LLMI_MLLM_JUDGE_API_KEY"))
 
 
 def _scorers(select: str, judge_url: str | None, judge_model: str) -> dict[str, Any]:
@@ -267,12 +287,14 @@ def _describe_tools(cfg: Config, toolbox: Toolbox) -> None:
             )
 
 
-async def _run_graph(request: dict[str, Any], cfg: Config, *, scorers: dict[str, Any] | None = None) -> dict[str, Any]:
+async def _run_graph(
+    request: dict[str, Any], cfg: Config, *, scorers: dict[str, Any] | None = None, chooser: Any = None
+) -> dict[str, Any]:
     """Run the graph (`graph_for`: the scaled one when the config asks for scaling) with live progress; the final
     state as data."""
     from llmi_graph.scaling import graph_for
 
-    graph = graph_for(cfg, scorers=scorers)
+    graph = graph_for(cfg, scorers=scorers, chooser=chooser)
     progress = _Progress(cfg)
     final: dict[str, Any] | None = None
     try:

@@ -49,7 +49,15 @@ from llmi_graph.state import (
 )
 from llmi_graph.store import ImageStore, InvalidImageError, decode_image_input
 from llmi_graph.tags import SOURCES, TextSegment, ToolCall, parse_replacement, parse_tags
-from llmi_graph.toolbox import Toolbox, execute_call, failed, tool_metrics, toolbox_for
+from llmi_graph.toolbox import (
+    ChoosingBackend,
+    ImageChooser,
+    Toolbox,
+    execute_call,
+    failed,
+    tool_metrics,
+    toolbox_for,
+)
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -67,10 +75,13 @@ def image_store(cfg: Config) -> ImageStore:
 
 
 class _Nodes:
-    def __init__(self, policy: Policy | None, toolbox: Toolbox | None, config: Config):
+    def __init__(
+        self, policy: Policy | None, toolbox: Toolbox | None, config: Config, chooser: ImageChooser | None = None
+    ):
         self.policy = policy
         self.toolbox = toolbox
         self.config = config
+        self.chooser = chooser
 
     def _config(self, runtime: Runtime[Any]) -> Config:
         return resolve(runtime.context, self.config)
@@ -268,6 +279,9 @@ class _Nodes:
             )
 
         backend_id = str(getattr(backend, "cache_id", None) or getattr(backend, "name", type(backend).__name__))
+        if task.choose and self.chooser is not None and hasattr(backend, "candidates"):
+            backend = ChoosingBackend(backend, self.chooser, call.description or "", cfg.search_top_k)
+            backend_id += ":chosen"  # a chosen result is not the rank-order one: cache it apart
         started = time.perf_counter()
         result, hit = await context.cache.run(cache_key(call.source, backend_id, call.params, inputs), execute)
         if hit:  # the stored or shared result belongs to another slot: make it this one's
@@ -454,7 +468,15 @@ def _task(call: ToolCall, state: State, run_key: str, budget: float) -> ToolTask
             + (", ".join(state.allowed_tools) or "none")
             + ")"
         )
-    return ToolTask(call=call, run_key=run_key, input_images=state.input_images, refusal=refusal, wait_timeout_s=budget)
+    choose = state.enhance_search and call.source == "search"
+    return ToolTask(
+        call=call,
+        run_key=run_key,
+        input_images=state.input_images,
+        refusal=refusal,
+        wait_timeout_s=budget,
+        choose=choose,
+    )
 
 
 def _figure(call: ToolCall, result: ImageResult | None) -> Figure:
@@ -540,6 +562,7 @@ def build_graph(
     config: Config | None = None,
     checkpointer: Any = None,
     subgraph: bool = False,
+    chooser: ImageChooser | None = None,
 ) -> CompiledStateGraph:
     """Build the llmi graph.
 
@@ -553,9 +576,10 @@ def build_graph(
         graph = build_graph(policy=ChatModelPolicy(my_chat_model), config=Config(max_tokens=1024))
         state = await graph.ainvoke({"prompt": "A guide to composting", "temperature": 0.2})
 
-    `subgraph=True` builds it for a parent graph whose state extends `State` (`llmi_graph.scaling`).
+    `subgraph=True` builds it for a parent graph whose state extends `State` (`llmi_graph.scaling`); `chooser` picks
+    among a search's top results when that parent's enhancement asks (`State.enhance_search`).
     """
-    nodes = _Nodes(policy, toolbox, config or Config())
+    nodes = _Nodes(policy, toolbox, config or Config(), chooser)
     # As a subgraph (of `llmi_graph.scaling`) it reads the parent's whole state, the chosen draft (`given`) included;
     # standing alone, its input is a caller's `Request`, which cannot carry one.
     builder = StateGraph(State, input_schema=State if subgraph else Request, output_schema=Output)

@@ -18,7 +18,9 @@ a subgraph), and polish the text around the final images.
 - **enhance** (`enhance=True`): the policy rewrites each diffusion prompt of the chosen draft into a detailed one
   before generation (recorded before and after, with the turn's tokens); code and edit failures go back to the
   policy once with their reason (the repair loop for those tools, when the request asked for no repair); an edit
-  the local editor cannot do comes back with the vocabulary it understands. Search keeps the rank order.
+  the local editor cannot do comes back with the vocabulary it understands. A search keeps, of its top results,
+  the one an `ImageChooser` the app passes in (`judges.select.MLLMImageChooser`) scores highest; the rank order
+  without one.
 - **polish** (`polish=True`): the policy rewrites the document's text around the final figures, told which ones
   failed. The rewrite is used only if every figure marker stays in its place and it writes no tag; else the
   document stays as it was, and the turn is recorded with the reason. Images are never touched.
@@ -49,7 +51,7 @@ from llmi_graph.policy import Policy, generate_n
 from llmi_graph.prompts import FIGURE_MARK, detail_message, polish_messages
 from llmi_graph.state import Candidate, Enhancement, Figure, Output, Polish, Request, State
 from llmi_graph.tags import TextSegment, ToolCall, parse_tags
-from llmi_graph.toolbox import Toolbox
+from llmi_graph.toolbox import ImageChooser, Toolbox
 
 SELECTORS = ("rules", "judge", "relative")
 
@@ -122,6 +124,7 @@ class _ScaledNodes:
             "polish_turn": None,
             "overrides": {},
             "enhance_repair": [],
+            "enhance_search": False,
         }
 
     def _selector(self, state: ScaledState, cfg: Config) -> str:
@@ -161,7 +164,8 @@ class _ScaledNodes:
     async def enhance(self, state: ScaledState, runtime: Runtime[Any]) -> dict[str, Any]:
         """Tool-specific enhancement of the chosen draft: diffusion prompts rewritten into detailed ones by the
         policy before generation; code and edit failures sent back once with their reason (the repair loop, for
-        those tools only, when the request asked for no repair rounds); search keeps the rank order."""
+        those tools only, when the request asked for no repair rounds); searches keep the result the chooser prefers
+        among the top ones (the rank order without a chooser)."""
         cfg = self.nodes._config(runtime)
         if not (state.enhance if state.enhance is not None else cfg.enhance) or state.given is None:
             return {}
@@ -178,6 +182,7 @@ class _ScaledNodes:
             "overrides": {e.index: {"prompt": e.after} for e in enhancements if e.after},
         }
         update["enhance_repair"] = ["code", "edit"]  # one round for these when the request asked for none
+        update["enhance_search"] = self.nodes.chooser is not None  # else search keeps its rank order
         emit({"event": "enhance", "status": "done", "count": len(diffusion)})
         return update
 
@@ -252,6 +257,7 @@ def build_scaled_graph(
     *,
     config: Config | None = None,
     scorers: Mapping[str, DraftScorer] | None = None,
+    chooser: ImageChooser | None = None,
     checkpointer: Any = None,
 ) -> CompiledStateGraph:
     """The scaled graph: candidates -> select -> enhance -> create (the llmi graph as a subgraph) -> polish. `scorers`
@@ -262,8 +268,8 @@ def build_scaled_graph(
     unknown = set(scorers or {}) - set(SELECTORS[1:])
     if unknown:
         raise ValueError(f"unknown selector(s) {sorted(unknown)}: scorers are for {', '.join(SELECTORS[1:])}")
-    nodes = _ScaledNodes(_Nodes(policy, toolbox, cfg), scorers or {})
-    creator = build_graph(policy, toolbox, config=cfg, subgraph=True)
+    nodes = _ScaledNodes(_Nodes(policy, toolbox, cfg, chooser), scorers or {})
+    creator = build_graph(policy, toolbox, config=cfg, subgraph=True, chooser=chooser)
     builder = StateGraph(ScaledState, input_schema=ScaledRequest, output_schema=Output)
     builder.add_node("candidates", nodes.candidates)
     builder.add_node("select", nodes.select)
@@ -291,11 +297,14 @@ def graph_for(
     *,
     checkpointer: Any = None,
     scorers: Mapping[str, DraftScorer] | None = None,
+    chooser: ImageChooser | None = None,
 ) -> CompiledStateGraph:
     """The graph a batch or a run should use: the scaled graph when `scaling_on(cfg)` or a judge selector is set,
     else the llmi graph (`repair_rounds` works in both)."""
     if scaling_on(cfg) or cfg.select != "rules":
-        return build_scaled_graph(policy, toolbox, config=cfg, scorers=scorers, checkpointer=checkpointer)
+        return build_scaled_graph(
+            policy, toolbox, config=cfg, scorers=scorers, chooser=chooser, checkpointer=checkpointer
+        )
     return build_graph(policy, toolbox, config=cfg, checkpointer=checkpointer)
 
 

@@ -231,6 +231,9 @@ class State(Request):
     overrides: dict[int, dict[str, Any]] = Field(
         default_factory=dict, description="Params that replace a valid call's own, by image index (rewritten prompts)."
     )
+    enhance_search: bool = Field(
+        default=False, description="Search calls keep the result an image chooser scores highest (enhancement)."
+    )
     enhance_repair: list[str] = Field(
         default_factory=list,
         description="Tools whose failed slots get one repair round even when repair_rounds is 0 (enhancement).",
@@ -256,6 +259,7 @@ class ToolTask(BaseModel):
     run_key: str
     input_images: list[ImageRef] = Field(default_factory=list)
     refusal: str | None = Field(default=None, description="Set when the request does not allow this tool.")
+    choose: bool = Field(default=False, description="Keep the result the image chooser prefers (search enhancement).")
     wait_timeout_s: float = Field(
         default=600.0,
         description="How long an edit may wait for its source image once that has started (queueing not counted).",

@@ -21,9 +21,9 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
@@ -275,6 +275,35 @@ def _limiter(name: str, size: int) -> asyncio.Semaphore:
     """A semaphore per backend, shared by every run on this event loop."""
     per_loop = _limiters.setdefault(asyncio.get_running_loop(), {})
     return per_loop.setdefault((name, size), asyncio.Semaphore(size))
+
+
+class ImageChooser(Protocol):
+    """Picks the image that best shows a description among several (test-time scaling's search enhancement; an
+    MLLM judge in `judges.select`). Returns one score per image, higher is better."""
+
+    async def scores(self, description: str, images: Sequence[bytes]) -> list[float]: ...
+
+
+class ChoosingBackend:
+    """A ranked backend (`tools.base.RankedBackend`) whose result is the candidate the chooser scores highest (rank
+    order breaks ties), with every candidate's score in the provenance. It keeps the backend's name, so it shares
+    its concurrency limit; timeouts, retries and storing are `execute_call`'s, as for any backend."""
+
+    def __init__(self, backend: Any, chooser: ImageChooser, description: str, k: int):
+        self.backend, self.chooser, self.description, self.k = backend, chooser, description, k
+        self.name = getattr(backend, "name", type(backend).__name__)
+
+    async def __call__(self, params: Mapping[str, Any], inputs: Sequence[bytes] = ()) -> ToolOutput:
+        found = await self.backend.candidates(params, self.k)
+        if len(found) == 1:
+            return found[0]
+        scores = [float(x) for x in await self.chooser.scores(self.description, [o.image for o in found])]
+        if len(scores) != len(found):
+            raise ToolError(f"the image chooser scored {len(scores)} of {len(found)} search results")
+        best = max(range(len(found)), key=lambda i: (scores[i], -i))
+        chosen = found[best]
+        chosen.provenance = {**chosen.provenance, "chosen_from": len(found), "choice_scores": scores}
+        return chosen
 
 
 async def execute_call(

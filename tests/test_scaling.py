@@ -291,3 +291,56 @@ async def test_every_stage_end_to_end_with_the_embedded_model(cfg, embedded_mode
     assert out.polish_turn is not None and (out.polish_turn.applied or out.polish_turn.error)
     figures = [f for f in out.document if getattr(f, "kind", "") == "figure"]
     assert [f.index for f in figures] == [c.index for c in out.calls]  # polish or not, every figure in place
+
+
+async def test_enhancement_keeps_the_search_result_the_chooser_prefers(cfg, tmp_path):
+    """The real local library's top results; a scripted chooser (a fake, standing in for the MLLM judge) scores them."""
+    from PIL import Image
+
+    from tools.library import LocalImageLibrary
+
+    folder = tmp_path / "library"
+    folder.mkdir()
+    for i, caption in enumerate(
+        ["A golden retriever puppy on grass", "A black dog running on a beach", "A dog asleep"]
+    ):
+        Image.new("RGB", (64, 64), (40 * i, 90, 90)).save(folder / f"dog{i}.png")
+        (folder / f"dog{i}.txt").write_text(caption)
+    library = LocalImageLibrary(folder, tmp_path / "cache", min_score=0.1)
+
+    class FakeChooser:
+        def __init__(self):
+            self.asked: list[tuple[str, int]] = []
+
+        async def scores(self, description, images):
+            self.asked.append((description, len(images)))
+            return [1.0, 9.0, 3.0][: len(images)]
+
+    chooser = FakeChooser()
+    draft = f"Dogs. {tag('search', 'a dog on a beach', query='a dog')}"
+    box = toolbox(search=library)
+    graph = build_scaled_graph(ChatModelPolicy(FakeListChatModel(responses=[draft])), box, chooser=chooser)
+    out = await run(graph, cfg, enhance=True)
+    (result,) = out.results
+    assert chooser.asked == [("a dog on a beach", 3)]
+    assert result.status == "ok" and result.provenance["rank"] == 2 and result.provenance["choice_scores"] == [1, 9, 3]
+    plain = await run(
+        build_scaled_graph(ChatModelPolicy(FakeListChatModel(responses=[draft])), box, chooser=chooser), cfg
+    )
+    top = library.search("a dog", 1)[0][0]
+    assert plain.results[0].provenance["library_path"] == top and len(chooser.asked) == 1  # no enhance: rank order
+
+
+async def test_the_mllm_chooser_shows_the_judge_every_image_in_one_call():
+    from judges._endpoint import JudgeEndpoint
+    from judges.select import MLLMImageChooser
+    from tests.fakes import png
+
+    answer = json.dumps({"picture_1": 2, "picture_2": 8, "explanation": "the second shows a beach"})
+    with FakeOpenAIServer([answer]) as judge:
+        chooser = MLLMImageChooser(JudgeEndpoint(base_url=judge.url, model="fake-vl"))
+        scores = await chooser.scores("a dog on a beach", [png((1, 2, 3)), png((4, 5, 6))])
+        (request,) = judge.requests
+    assert scores == [2, 8] and chooser.last.prompt_version == "image-chooser/1"
+    parts = request["messages"][-1]["content"]
+    assert [p["type"] for p in parts].count("image_url") == 2 and "a dog on a beach" in parts[0]["text"]

@@ -301,6 +301,17 @@ async def test_serpapi_backend_returns_the_first_valid_result_in_rank_order(host
     assert Image.open(io.BytesIO(out.image)).size == (500, 420)
 
 
+async def test_serpapi_candidates_are_every_usable_result_in_rank_order(host):
+    with LoopbackApp(serpapi_app(host.port, [])) as serp:
+        backend = SerpApiSearch(api_key="test-key", base_url=serp.url, **network(host.port))
+        found = await backend.candidates({"query": "eiffel tower"}, 5)
+        first = await backend({"query": "eiffel tower"})
+        with pytest.raises(ToolError, match="none of the top 2 results could be used"):
+            await backend.candidates({"query": "eiffel tower"}, 2)  # ranks 1 and 2 are unusable
+    ranks = [o.provenance["rank"] for o in found]
+    assert ranks[0] == 3 and ranks == sorted(ranks) and found[0].image == first.image  # the first is __call__'s
+
+
 async def test_serpapi_errors(host):
     with LoopbackApp(serpapi_app(host.port, [])) as serp:
         backend = SerpApiSearch(api_key="k", base_url=serp.url, **network(host.port))

@@ -33,6 +33,13 @@ class ImageBackend(Protocol):
     async def __call__(self, params: Mapping[str, Any], inputs: Sequence[bytes] = ()) -> ToolOutput: ...
 
 
+class RankedBackend(ImageBackend, Protocol):
+    """A backend with several results per call (search): the usable ones, best ranked first, so a chooser (an MLLM
+    judge in test-time scaling) can pick among them."""
+
+    async def candidates(self, params: Mapping[str, Any], k: int) -> list[ToolOutput]: ...
+
+
 def png_bytes(image: Any) -> bytes:
     """Encode a PIL image as PNG."""
     import io

@@ -166,6 +166,19 @@ class LocalImageLibrary:
         order = np.argsort(-scores)[:k]
         return [(index.paths[i], index.texts[i], float(scores[i])) for i in order]
 
+    async def candidates(self, params: Mapping[str, Any], k: int) -> list[ToolOutput]:
+        """The library images that match the query well enough (score >= min_score), best first, at most `k`."""
+        query = str(params["query"])
+        hits = [h for h in await asyncio.to_thread(self.search, query, k) if h[2] >= self.min_score]
+        if not hits:
+            raise ToolError(f"no image in the library matches {query!r} well enough (min score {self.min_score})")
+        outputs = []
+        for rank, (path, text, score) in enumerate(hits, start=1):
+            data = await asyncio.to_thread((self.folder / path).read_bytes)
+            provenance = {"library_path": path, "caption": text, "score": round(score, 4), "rank": rank}
+            outputs.append(ToolOutput(image=data, backend=self.name, provenance=provenance))
+        return outputs
+
     async def __call__(self, params: Mapping[str, Any], inputs: Sequence[bytes] = ()) -> ToolOutput:
         query = str(params["query"])
         hits = await asyncio.to_thread(self.search, query, 3)

@@ -328,6 +328,51 @@ class SerpApiSearch:
         except serpapi.SerpApiError as exc:  # timeouts and connection errors
             raise ToolError(f"SerpAPI request failed: {type(exc).__name__}: {exc}", transient=True) from None
 
+    async def candidates(self, params: Mapping[str, Any], k: int) -> list[ToolOutput]:
+        """Every usable result of the top `k` (all downloaded, concurrently), in rank order."""
+        query = str(params["query"])
+        data = await asyncio.to_thread(self._search, query)
+        found = parse_serpapi_images(data, min(k, self.top_k))
+        gate = asyncio.Semaphore(self.downloads_at_once)
+
+        async def fetch(candidate: ImageCandidate) -> DownloadedImage:
+            async with gate:
+                errors = []
+                for url in candidate.urls():
+                    try:
+                        return await download_image(url, limits=self.limits, resolver=self.resolver, policy=self.policy)
+                    except DownloadRefused as exc:
+                        errors.append(exc.reason)
+                raise DownloadRefused("; ".join(errors) or "no URL")
+
+        images = await asyncio.gather(*(fetch(c) for c in found), return_exceptions=True)
+        usable = [
+            self._output(c, image) for c, image in zip(found, images, strict=True) if isinstance(image, DownloadedImage)
+        ]
+        reasons = [
+            f"#{c.rank}: {e.reason}" for c, e in zip(found, images, strict=True) if isinstance(e, DownloadRefused)
+        ]
+        for error in images:
+            if isinstance(error, BaseException) and not isinstance(error, DownloadRefused):
+                raise error
+        if not usable:
+            raise ToolError(f"none of the top {len(found)} results could be used: " + " | ".join(reasons)[:1500])
+        return usable
+
+    def _output(self, candidate: ImageCandidate, image: DownloadedImage) -> ToolOutput:
+        return ToolOutput(
+            image=image.data,
+            backend=self.name,
+            provenance={
+                "image_url": image.final_url,
+                "page_url": candidate.page_url,
+                "source_domain": _domain(candidate.page_url) or candidate.source,
+                "title": candidate.title,
+                "rank": candidate.rank,
+                "used_thumbnail": image.url != candidate.original,
+            },
+        )
+
     async def __call__(self, params: Mapping[str, Any], inputs: Sequence[bytes] = ()) -> ToolOutput:
         query = str(params["query"])
         data = await asyncio.to_thread(self._search, query)
@@ -353,18 +398,7 @@ class SerpApiSearch:
                 except DownloadRefused as exc:
                     reasons.append(f"#{candidate.rank}: {exc.reason}")
                     continue
-                return ToolOutput(
-                    image=image.data,
-                    backend=self.name,
-                    provenance={
-                        "image_url": image.final_url,
-                        "page_url": candidate.page_url,
-                        "source_domain": _domain(candidate.page_url) or candidate.source,
-                        "title": candidate.title,
-                        "rank": candidate.rank,
-                        "used_thumbnail": image.url != candidate.original,
-                    },
-                )
+                return self._output(candidate, image)
         finally:
             for task in tasks:
                 task.cancel()
