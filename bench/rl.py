@@ -87,10 +87,11 @@ async def raw_throughput(url: str, model: str, prompts: list[list[dict]], max_to
                         "messages": m,
                         "max_tokens": max_tokens,
                         "temperature": 0.8,
-                        "seed": i,
+                        # no per-request seed: vLLM's CPU worker fails seeded batches ("CPU Generator does not use
+                        # offset", HTTP 500), and the graph side sends none either
                     },
                 )
-                for i, m in enumerate(prompts)
+                for m in prompts
             )
         )
         elapsed = time.perf_counter() - started
