@@ -337,13 +337,7 @@ class SerpApiSearch:
 
         async def fetch(candidate: ImageCandidate) -> DownloadedImage:
             async with gate:
-                errors = []
-                for url in candidate.urls():
-                    try:
-                        return await download_image(url, limits=self.limits, resolver=self.resolver, policy=self.policy)
-                    except DownloadRefused as exc:
-                        errors.append(exc.reason)
-                raise DownloadRefused("; ".join(errors) or "no URL")
+                return await self._download(candidate)
 
         images = await asyncio.gather(*(fetch(c) for c in found), return_exceptions=True)
         usable = [
@@ -358,6 +352,16 @@ class SerpApiSearch:
         if not usable:
             raise ToolError(f"none of the top {len(found)} results could be used: " + " | ".join(reasons)[:1500])
         return usable
+
+    async def _download(self, candidate: ImageCandidate) -> DownloadedImage:
+        """The candidate's original, else its thumbnail; `DownloadRefused` with every URL's reason."""
+        errors = []
+        for url in candidate.urls():
+            try:
+                return await download_image(url, limits=self.limits, resolver=self.resolver, policy=self.policy)
+            except DownloadRefused as exc:
+                errors.append(exc.reason)
+        raise DownloadRefused("; ".join(errors) or "no URL")
 
     def _output(self, candidate: ImageCandidate, image: DownloadedImage) -> ToolOutput:
         return ToolOutput(
@@ -381,13 +385,7 @@ class SerpApiSearch:
 
         async def fetch(candidate: ImageCandidate) -> DownloadedImage:
             async with gate:
-                errors = []
-                for url in candidate.urls():
-                    try:
-                        return await download_image(url, limits=self.limits, resolver=self.resolver, policy=self.policy)
-                    except DownloadRefused as exc:
-                        errors.append(exc.reason)
-                raise DownloadRefused("; ".join(errors) or "no URL")
+                return await self._download(candidate)
 
         tasks = [asyncio.create_task(fetch(c)) for c in candidates]
         reasons = []
