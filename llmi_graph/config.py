@@ -70,6 +70,11 @@ class Config:
         "llmi_graph/adapters/smollm2-llmi (on the default SmolLM2 only; a model of your own runs without it); a "
         "folder that rl/train.py saved; or 'none', the base model.",
     )
+    embedded_device: str = _setting(
+        "embedded_device",
+        "cpu",
+        "Where the embedded policy runs: cpu, cuda, cuda:N, or auto (cuda when torch sees a GPU).",
+    )
     # Defaults for what a request may set, and the operator's caps on it.
     max_tokens: int = _setting("max_tokens", 768, "Most tokens the policy may write, unless the request says.")
     max_tokens_limit: int = _setting(

