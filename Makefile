@@ -44,6 +44,7 @@ system-deps:
 	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
 	[ -e $(CJK_FONT) ] || missing="$$missing fonts-droid-fallback"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		case "$$missing" in *postgresql*) mkdir -p $$(dirname $(PG_NO_MAIN_CLUSTER)) \
@@ -51,10 +52,10 @@ system-deps:
 		export DEBIAN_FRONTEND=noninteractive; \
 		apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 \
 		|| (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1) \
-		|| echo "WARNING: could not install$$missing (apt-get install$$missing): the code tool needs bwrap, the Postgres checkpoint tests need postgresql"; \
+		|| echo "WARNING: could not install$$missing (apt-get install$$missing): the code tool needs bwrap, the Postgres checkpoint tests need postgresql, the report's browser tests need chromium"; \
 		rm -f $(PG_NO_MAIN_CLUSTER); \
 	else \
-		echo "WARNING: missing$$missing and cannot install here: the code tool needs bwrap, the Postgres checkpoint tests need postgresql"; \
+		echo "WARNING: missing$$missing and cannot install here: the code tool needs bwrap, the Postgres checkpoint tests need postgresql, the report's browser tests need chromium"; \
 	fi
 
 vllm-venv: $(VLLM_STAMP)

@@ -84,6 +84,7 @@ async def test_full_report_is_self_contained_and_safe(cfg, tmp_path):
     assert "Content-Security-Policy" in head and "default-src 'none'" in head
     assert_cannot_script(body)
     assert "&lt;b&gt;boom&lt;/b&gt;" in body  # a tool's error text is escaped too
+    assert '<span class="credit">Found by image search (fake)</span>' in body  # which tool made the figure
     imgs = [attrs for tag, attrs in tags_of(body) if tag == "img"]
     assert len(imgs) == 1 and imgs[0]["src"].startswith("data:image/png;base64,")
 
@@ -92,7 +93,8 @@ async def test_full_report_is_self_contained_and_safe(cfg, tmp_path):
     md = paths.markdown.read_text()
     assert "![" in md and "(images/00-search.png)" in md
     assert (paths.images / "00-search.png").read_bytes()[:4] == b"\x89PNG"
-    assert "**Image 1 (diffusion) could not be made:** &lt;b>boom&lt;/b>" in md  # literal text in Markdown too
+    assert "**Figure 2 (diffusion) could not be made:** &lt;b>boom&lt;/b>\\\n> It was to show: fails" in md
+    assert '**Figure 1.** ">&lt;script>alert(6)&lt;/script>\\\n*Found by image search (fake)*' in md
     traj = json.loads(paths.trajectory.read_text())
     assert [c["status"] for c in traj["calls"]] == ["ok", "failed"]
     assert traj["calls"][0]["image"] == "images/00-search.png"
@@ -256,6 +258,7 @@ def test_captions_reasons_and_open_fences_stay_in_their_place(tmp_path):
     assert f'<img src="images/00-code.png" alt="{alt}" />' in html
     assert "could not be made:</strong> &lt;script&gt;alert(3)&lt;/script&gt; [x](javascript:1)" in html
     assert '<pre><code class="language-python">print(1)\n</code></pre>' in html  # closed before the figure
+    assert "<br />\n<em>Drawn by code</em>" in html  # the caption's credit line
 
 
 async def test_a_near_miss_tag_is_a_failed_slot_in_the_report(cfg):
@@ -264,6 +267,7 @@ async def test_a_near_miss_tag_is_a_failed_slot_in_the_report(cfg):
     graph = build_graph(policy=ChatModelPolicy(FakeListChatModel(responses=[draft])), toolbox=Toolbox(backends={}))
     state = State.model_validate(await graph.ainvoke({"prompt": "p"}, context=cfg))
     html = render_html(state, image_store(cfg))
-    assert '<figure class="failed" data-index="0">' in html
+    assert '<figure id="figure-1" class="failed" role="note" data-index="0" data-source="search">' in html
     assert "unknown tag &lt;imagen&gt;: the tag is &lt;imgen&gt;" in html
+    assert "<header><h1>p</h1></header>" in html  # the prompt heads a report whose text has no title
     assert "Before." in html and "After." in html and "{'source'" not in html
