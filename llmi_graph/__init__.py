@@ -1,6 +1,7 @@
 """llmi: LLM-I on LangGraph. A policy LLM writes text with `<imgen>` tags; four tools fill the image slots."""
 
 from llmi_graph.config import Config
+from llmi_graph.embed import as_node, as_tool
 from llmi_graph.graph import InputError, PolicyError, build_graph, image_store
 from llmi_graph.policy import ChatModelPolicy, EmbeddedPolicy, OpenAIPolicy, Policy, Sampling, policy_for
 from llmi_graph.state import Figure, ImageRef, ImageResult, Output, PolicyOutput, Request, State
@@ -31,6 +32,8 @@ __all__ = [
     "TextSegment",
     "ToolCall",
     "Toolbox",
+    "as_node",
+    "as_tool",
     "build_graph",
     "close_toolboxes",
     "data_url",
