@@ -22,9 +22,10 @@ import dataclasses
 import re
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
+from langchain_core.runnables.config import ensure_config, merge_configs, set_config_context
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -60,6 +61,7 @@ from llmi_graph.toolbox import (
 )
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+T = TypeVar("T")
 
 
 class PolicyError(RuntimeError):
@@ -122,11 +124,21 @@ class _Nodes:
             raise PolicyError(f"the policy could not be prepared: {exc}") from exc
 
     async def sample(
-        self, policy: Policy, messages: list[Message], sampling: Sampling, cfg: Config, on_token: Any = None
+        self,
+        policy: Policy,
+        messages: list[Message],
+        sampling: Sampling,
+        cfg: Config,
+        *,
+        turn: str,
+        on_token: Any = None,
+        **metadata: Any,
     ) -> PolicyOutput:
-        """One policy call with the operator's time limit; failures become a `PolicyError` that says where."""
+        """One policy call with the operator's time limit, as the `turn` it is (`policy_turn`); failures become a
+        `PolicyError` that says where."""
         try:
-            output = await asyncio.wait_for(policy.generate(messages, sampling, on_token), timeout=cfg.policy_timeout_s)
+            call = policy_turn(policy.generate(messages, sampling, on_token), turn, **metadata)
+            output = await asyncio.wait_for(call, timeout=cfg.policy_timeout_s)
         except TimeoutError as exc:
             raise PolicyError(f"the policy gave no draft within {cfg.policy_timeout_s:g} s") from exc
         except Exception as exc:
@@ -149,7 +161,7 @@ class _Nodes:
             emit({"event": "planner", "status": "preparing the policy"})
             policy = await self.policy_for(cfg)
             emit({"event": "planner", "status": "writing"})
-            output = await self.sample(policy, messages, sampling, cfg, _token_reporter(emit))
+            output = await self.sample(policy, messages, sampling, cfg, turn="planner", on_token=_token_reporter(emit))
         emit({"event": "planner", "status": "done", "tokens": len(output.completion_token_ids or [])})
         return {
             "input_images": refs,
@@ -385,10 +397,12 @@ class _Nodes:
     ) -> Repair:
         reason = result.error or "the tool failed"
         tag = call.raw or _tag_text(call)
-        turn = [*messages, {"role": "user", "content": repair_message(call.index, tag, reason, tools)}]
+        chat = [*messages, {"role": "user", "content": repair_message(call.index, tag, reason, tools)}]
         base = Repair(round=round_, index=call.index, failed=call, reason=reason)
         try:
-            reply = await self.sample(policy, turn, sampling, cfg)
+            reply = await self.sample(
+                policy, chat, sampling, cfg, turn="repair", llmi_round=round_, llmi_index=call.index
+            )
         except PolicyError as exc:
             return base.model_copy(update={"error": str(exc)})
         new = parse_replacement(reply.text, call.index, total, num_inputs)
@@ -415,6 +429,18 @@ class _Nodes:
         if "started_at" in state.timings:
             timings["total_s"] = now - state.timings["started_at"]
         return {"document": document, "timings": timings, "tool_metrics": tool_metrics(state.results)}
+
+
+async def policy_turn(call: Coroutine[Any, Any, T], turn: str, **metadata: Any) -> T:
+    """Run a policy call as one turn of the run: the chat-model runs it makes carry the tag `llmi:<turn>` and the
+    metadata `llmi_turn` (plus `metadata`), so a `messages` stream tells the planner's text from a repair's.
+
+    Turns: `planner`, `repair` (`llmi_round`, `llmi_index`), and in the scaled graph `candidates`, `enhance`
+    (`llmi_index`) and `polish`. The call runs as a task of its own whose LangChain config is the node's plus these.
+    """
+    config = merge_configs(ensure_config(), {"tags": [f"llmi:{turn}"], "metadata": {"llmi_turn": turn, **metadata}})
+    with set_config_context(config) as context:
+        return await asyncio.create_task(call, context=context)
 
 
 def repair_rounds(state: Request, cfg: Config) -> int:

@@ -4,24 +4,31 @@
   OpenAI-compatible endpoint (vLLM, OpenAI, ...) and captures vLLM's token ids and logprobs from the raw
   HTTP response, which ChatOpenAI drops.
 - `EmbeddedPolicy` runs a transformers model in-process on CPU: SmolLM2-135M-Instruct by default.
+
+Every policy call is a LangChain chat-model run, so LangGraph's `messages` stream mode (and any tracer) sees the text
+as it is written: `ChatModelPolicy` and `OpenAIPolicy` through their chat model, which streams when a streaming
+handler listens; `ModelPolicy` through `_TurnModel`, which decodes each request's tokens as its batch samples them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import dataclasses
 import functools
+import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import PrivateAttr
 
 from llmi_graph.config import Config
 from llmi_graph.state import PolicyOutput
@@ -31,6 +38,17 @@ Message = dict[str, Any]
 
 TokenCallback = Callable[[int], None]
 """Called with the number of tokens generated so far (progress display)."""
+
+TextCallback = Callable[[str], None]
+"""Called with each piece of text as it is decoded; the pieces add up to the draft's text."""
+
+
+@dataclass(frozen=True)
+class Listener:
+    """What one request of a batch hears while it is sampled (called from the generation thread)."""
+
+    on_token: TokenCallback | None = None
+    on_text: TextCallback | None = None
 
 
 @dataclass(frozen=True)
@@ -109,24 +127,74 @@ class ChatModelPolicy:
         return {}
 
 
-_raw_capture: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar(
-    "llmi_raw_capture", default=None
-)
+class _RawCapture:
+    """The raw chat-completion responses of one HTTP client, copied as they pass (a tee on the body stream, so a
+    streamed reply still reaches ChatOpenAI chunk by chunk). vLLM's token ids and logprobs, which ChatOpenAI drops,
+    are read from them afterwards, from a JSON reply and a streamed (server-sent events) one alike."""
+
+    def __init__(self) -> None:
+        self.bodies: list[tuple[bool, bytearray]] = []
+
+    async def on_response(self, response: httpx.Response) -> None:
+        if response.status_code != 200 or not response.request.url.path.endswith("/chat/completions"):
+            return
+        body = bytearray()
+        self.bodies.append((response.headers.get("content-type", "").startswith("text/event-stream"), body))
+        response.stream = _Tee(response.stream, body)
+
+    def last(self) -> dict[str, Any] | None:
+        """The last complete response as one chat completion (a stream's chunks merged), or None."""
+        if not self.bodies:
+            return None
+        streamed, body = self.bodies[-1]
+        try:
+            return _merge_stream(body) if streamed else json.loads(body)
+        except ValueError:
+            return None
 
 
-async def _capture_response(response: httpx.Response) -> None:
-    sink = _raw_capture.get()
-    if sink is not None and response.request.url.path.endswith("/chat/completions"):
-        await response.aread()
-        if response.status_code == 200:
-            sink.append(response.json())
+class _Tee(httpx.AsyncByteStream):
+    def __init__(self, stream: Any, body: bytearray):
+        self.stream, self.body = stream, body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.stream:
+            self.body += chunk
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def _merge_stream(body: bytes) -> dict[str, Any]:
+    """A streamed chat completion's chunks as one response: vLLM sends `prompt_token_ids` in the first chunk and each
+    choice's `token_ids` and `logprobs` a few tokens at a time."""
+    merged: dict[str, Any] = {"choices": []}
+    choices: dict[int, dict[str, Any]] = {}
+    for line in body.decode("utf-8").splitlines():
+        if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+            continue
+        chunk = json.loads(line[5:])
+        merged["model"] = chunk.get("model") or merged.get("model")
+        merged["prompt_token_ids"] = merged.get("prompt_token_ids") or chunk.get("prompt_token_ids")
+        for part in chunk.get("choices") or []:
+            choice = choices.get(part.get("index", 0))
+            if choice is None:
+                choice = choices[part.get("index", 0)] = {"index": part.get("index", 0), "token_ids": []}
+                choice["logprobs"] = {"content": []}
+                merged["choices"].append(choice)
+            choice["token_ids"] += part.get("token_ids") or []
+            choice["logprobs"]["content"] += (part.get("logprobs") or {}).get("content") or []
+    return merged
 
 
 class OpenAIPolicy(ChatModelPolicy):
     """A policy at an OpenAI-compatible chat endpoint, through `ChatOpenAI`.
 
     vLLM returns the sampled `token_ids`, the `prompt_token_ids` and logprobs when asked; ChatOpenAI
-    drops them, so an httpx event hook reads them from the raw response of this very request.
+    drops them, so an httpx event hook copies the raw response of this very request and they are read from it.
+    The request is streamed when a streaming handler listens (LangGraph's `messages` mode), else it is one JSON
+    reply; the output is the same either way.
     """
 
     backend = "openai-compatible"
@@ -149,6 +217,8 @@ class OpenAIPolicy(ChatModelPolicy):
             logprobs=True,
             extra_body={"return_token_ids": True},
             http_async_client=client,
+            stream_usage=True,  # a streamed reply reports its usage too, as a plain one does
+            disable_streaming=n > 1,  # ChatOpenAI streams only the first of n choices
         )
 
     def _invoke_kwargs(self, sampling: Sampling) -> dict[str, Any]:
@@ -164,43 +234,40 @@ class OpenAIPolicy(ChatModelPolicy):
     async def generate(
         self, messages: Sequence[Message], sampling: Sampling, on_token: TokenCallback | None = None
     ) -> PolicyOutput:
-        sink: list[dict[str, Any]] = []
-        token = _raw_capture.set(sink)
-        # A client per call: httpx pools belong to one event loop, and callers bring their own loops.
-        # Building clients loads TLS certificates (blocking IO), so it happens off the event loop.
-        client = await asyncio.to_thread(
-            httpx.AsyncClient,
-            timeout=httpx.Timeout(self.timeout_s, connect=10.0),
-            event_hooks={"response": [_capture_response]},
-        )
+        capture = _RawCapture()
+        client = await self._client(capture)
         try:
             model = await asyncio.to_thread(self._chat_model, client)
             output = await self._invoke(model, messages, sampling)
         finally:
-            _raw_capture.reset(token)
             await client.aclose()
-        return _with_raw_ids(output, sink[-1] if sink else None)
+        return _with_raw_ids(output, capture.last())
+
+    async def _client(self, capture: _RawCapture) -> httpx.AsyncClient:
+        """A client per call: httpx pools belong to one event loop, and callers bring their own loops. Building one
+        loads TLS certificates (blocking IO), so it happens off the event loop."""
+        return await asyncio.to_thread(
+            httpx.AsyncClient,
+            timeout=httpx.Timeout(self.timeout_s, connect=10.0),
+            headers={"Accept-Encoding": "identity"},  # the tee copies the body as it is sent: uncompressed
+            event_hooks={"response": [capture.on_response]},
+        )
 
     async def generate_n(self, messages: Sequence[Message], sampling: Sampling, n: int) -> list[PolicyOutput]:
         """`n` drafts from one request (`n` in the body, as vLLM and OpenAI take it): the server shares the prompt's
         prefill, and a seed gives n different samples rather than n copies of one."""
         if n == 1:
             return [await self.generate(messages, sampling)]
-        sink: list[dict[str, Any]] = []
-        token = _raw_capture.set(sink)
-        client = await asyncio.to_thread(
-            httpx.AsyncClient,
-            timeout=httpx.Timeout(self.timeout_s, connect=10.0),
-            event_hooks={"response": [_capture_response]},
-        )
+        capture = _RawCapture()
+        client = await self._client(capture)
         try:
             model = await asyncio.to_thread(self._chat_model, client, n)
             start = time.perf_counter()
             result = await model.agenerate([to_langchain(messages)], **self._invoke_kwargs(sampling))
         finally:
-            _raw_capture.reset(token)
             await client.aclose()
         elapsed = time.perf_counter() - start
+        raw = capture.last()
         outputs = []
         for k, generation in enumerate(result.generations[0]):
             info = generation.generation_info or {}
@@ -213,7 +280,7 @@ class OpenAIPolicy(ChatModelPolicy):
                 finish_reason=info.get("finish_reason"),
                 latency_s=elapsed,
             )
-            outputs.append(_with_raw_ids(output, sink[-1] if sink else None, k))
+            outputs.append(_with_raw_ids(output, raw, k))
         if len(outputs) != n:
             raise RuntimeError(f"asked {self.base_url} for {n} drafts in one request and got {len(outputs)}")
         return outputs
@@ -238,6 +305,10 @@ def _with_raw_ids(output: PolicyOutput, raw: dict[str, Any] | None, index: int =
     )
 
 
+_Pending = tuple[list[int], Sampling, Listener, asyncio.Future[Any]]
+"""A request waiting for its batch: prompt ids, sampling, listener, and the future of its output."""
+
+
 class ModelPolicy:
     """A transformers causal LM in this process. Requests that arrive together are sampled in one batch, so
     a group of rollouts (or concurrent graph runs) shares each forward pass."""
@@ -248,7 +319,7 @@ class ModelPolicy:
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
         self._lock = threading.Lock()
-        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[list[int], Sampling, Any, asyncio.Future[Any]]]] = {}
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
 
     def load(self) -> tuple[Any, Any]:
         return self.model, self.tokenizer
@@ -261,14 +332,23 @@ class ModelPolicy:
     async def generate(
         self, messages: Sequence[Message], sampling: Sampling, on_token: TokenCallback | None = None
     ) -> PolicyOutput:
+        """One draft, sampled in the batch of the requests that arrive with it, as a chat-model run (`_TurnModel`):
+        its text streams to the run's callbacks as it is decoded when a streaming handler listens."""
         prompt_ids = await asyncio.to_thread(self.prompt_ids, messages)
+
+        def sample(on_text: TextCallback | None) -> Awaitable[PolicyOutput]:
+            return self._enqueue(prompt_ids, sampling, Listener(on_token, on_text))
+
+        return await _TurnModel.run(self.name, to_langchain(messages), sample)
+
+    def _enqueue(self, prompt_ids: list[int], sampling: Sampling, listener: Listener) -> asyncio.Future[PolicyOutput]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[PolicyOutput] = loop.create_future()
         pending = self._pending.setdefault(loop, [])
-        pending.append((prompt_ids, sampling, on_token, future))
+        pending.append((prompt_ids, sampling, listener, future))
         if len(pending) == 1:
             loop.call_later(self.batch_wait_s, lambda: loop.create_task(self._flush(loop)))
-        return await future
+        return future
 
     async def generate_n(self, messages: Sequence[Message], sampling: Sampling, n: int) -> list[PolicyOutput]:
         """`n` drafts in one batch (the same sampling, so they share a forward pass and the prompt's prefill; one
@@ -281,9 +361,9 @@ class ModelPolicy:
             sampling = pending[0][1]
             batch = [r for r in pending if r[1] == sampling][: self.max_batch]
             pending = [r for r in pending if not any(r is b for b in batch)]
-            callbacks = [r[2] for r in batch if r[2] is not None]
+            listeners = [r[2] for r in batch]
             try:
-                outputs = await asyncio.to_thread(self.generate_batch, [r[0] for r in batch], sampling, callbacks)
+                outputs = await asyncio.to_thread(self.generate_batch, [r[0] for r in batch], sampling, listeners)
             except Exception as exc:
                 for _, _, _, future in batch:
                     if not future.done():
@@ -294,9 +374,10 @@ class ModelPolicy:
                     future.set_result(output)
 
     def generate_batch(
-        self, prompts: Sequence[list[int]], sampling: Sampling, callbacks: Sequence[TokenCallback] = ()
+        self, prompts: Sequence[list[int]], sampling: Sampling, listeners: Sequence[Listener | None] = ()
     ) -> list[PolicyOutput]:
-        """Sample one completion per prompt (token ids), left-padded into one batch.
+        """Sample one completion per prompt (token ids), left-padded into one batch; `listeners[row]`, where given,
+        hears that row's token count and text as they are sampled.
 
         The logprobs are those of the distribution each token was drawn from: the logits after generate's processors
         (divided by the temperature, top-p filtered, renormalised), as vLLM's `processed_logprobs` reports them and
@@ -323,10 +404,10 @@ class ModelPolicy:
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
             kwargs["output_logits"] = True
-        if callbacks:
-            kwargs["streamer"] = _CountingStreamer(lambda n: [cb(n) for cb in callbacks])
         eos = model.generation_config.eos_token_id
         eos_ids = {tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
+        if any(listener and (listener.on_token or listener.on_text) for listener in listeners):
+            kwargs["streamer"] = _BatchStreamer(tokenizer, listeners, eos_ids)
         with self._lock, torch.inference_mode():
             was_training = model.training
             model.eval()  # no dropout while sampling: the logprobs must be the policy's
@@ -416,7 +497,7 @@ class EmbeddedPolicy(ModelPolicy):
     def generate_sync(
         self, messages: Sequence[Message], sampling: Sampling, on_token: TokenCallback | None = None
     ) -> PolicyOutput:
-        return self.generate_batch([self.prompt_ids(messages)], sampling, [on_token] if on_token else [])[0]
+        return self.generate_batch([self.prompt_ids(messages)], sampling, [Listener(on_token)])[0]
 
 
 def _text_only(content: Any) -> str:
@@ -425,21 +506,146 @@ def _text_only(content: Any) -> str:
     return "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
-class _CountingStreamer:
-    """A transformers streamer that reports how many generation steps have run."""
+class _BatchStreamer:
+    """A transformers streamer for a batch: each row's listener hears its token count and its text, decoded
+    incrementally, up to and including the row's first EOS (after it, generate pads the row)."""
 
-    def __init__(self, callback: Callable[[int], Any]):
-        self.callback, self.count, self._prompt_seen = callback, 0, False
+    def __init__(self, tokenizer: Any, listeners: Sequence[Listener | None], eos_ids: set[int]):
+        self.listeners, self.eos_ids = listeners, eos_ids
+        self.decoders = [_IncrementalDecoder(tokenizer) if lst and lst.on_text else None for lst in listeners]
+        self.counts = [0] * len(listeners)
+        self.done = [lst is None for lst in listeners]
+        self._prompt_seen = False
 
     def put(self, value: Any) -> None:
         if not self._prompt_seen:  # generate() first passes the prompt
             self._prompt_seen = True
             return
-        self.count += 1
-        self.callback(self.count)
+        for row, token in enumerate(value.reshape(-1).tolist()):
+            listener = self.listeners[row] if row < len(self.listeners) else None
+            if listener is None or self.done[row]:
+                continue
+            self.counts[row] += 1
+            if listener.on_token:
+                listener.on_token(self.counts[row])
+            decoder = self.decoders[row]
+            if decoder is not None and listener.on_text and (text := decoder.push(token)):
+                listener.on_text(text)
+            if token in self.eos_ids:
+                self._finish(row)
 
     def end(self) -> None:
-        pass
+        for row in range(len(self.listeners)):
+            if not self.done[row]:
+                self._finish(row)
+
+    def _finish(self, row: int) -> None:
+        self.done[row] = True
+        decoder, listener = self.decoders[row], self.listeners[row]
+        if decoder is not None and listener is not None and listener.on_text and (text := decoder.finish()):
+            listener.on_text(text)
+
+
+class _IncrementalDecoder:
+    """Text pieces of a growing completion whose concatenation is its `decode(ids, skip_special_tokens=True)`.
+
+    Each new token is decoded with the tokens since the last piece before it, so that merges, byte-level pieces and
+    leading spaces come out as in the whole text; a piece that ends in an incomplete UTF-8 sequence (U+FFFD) waits
+    for the next token. `finish` gives what the whole decode has beyond the pieces so far.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = self.read = 0  # ids[prefix:read] were decoded for the last piece; ids[read:] are new
+        self.length = 0  # characters given out so far
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        before = self._decode(self.ids[self.prefix : self.read])
+        now = self._decode(self.ids[self.prefix :])
+        if len(now) <= len(before) or now.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        piece = now[len(before) :]
+        self.length += len(piece)
+        return piece
+
+    def finish(self) -> str:
+        rest = self._decode(self.ids)[self.length :]
+        self.length += len(rest)
+        return rest
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+
+
+class _TurnModel(BaseChatModel):
+    """One policy turn as a LangChain chat-model run, so that callbacks see it as they see any chat model: LangGraph's
+    `messages` stream mode gets its text as it is decoded, a tracer gets the turn.
+
+    `sample(on_text)` makes the draft; when the run streams (a streaming handler listens), `on_text` is a callable,
+    safe to call from any thread, that takes each piece of text as it is decoded; else it is None.
+    """
+
+    model_name: str
+    _sample: Callable[[TextCallback | None], Awaitable[PolicyOutput]] = PrivateAttr()
+    _output: PolicyOutput | None = PrivateAttr(default=None)
+
+    @classmethod
+    async def run(
+        cls,
+        name: str,
+        messages: list[BaseMessage],
+        sample: Callable[[TextCallback | None], Awaitable[PolicyOutput]],
+    ) -> PolicyOutput:
+        turn = cls(model_name=name, cache=False)  # a sample, never an answer to look up in an app's LLM cache
+        turn._sample = sample
+        await turn.ainvoke(messages)
+        if turn._output is None:
+            raise RuntimeError("the policy turn ended without a draft")
+        return turn._output
+
+    @property
+    def _llm_type(self) -> str:
+        return "llmi-policy"
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, **kwargs: Any) -> ChatResult:
+        raise NotImplementedError("a policy turn runs on the event loop: use ainvoke")
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None, **kwargs: Any) -> ChatResult:
+        self._output = await self._sample(None)
+        message = AIMessage(content=self._output.text, **_message_fields(self._output))
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        # The pieces come from the generation thread; the draft is done after the last of them is queued.
+        draft = asyncio.ensure_future(self._sample(lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)))
+        draft.add_done_callback(lambda _: pieces.put_nowait(None))
+        try:
+            while (text := await pieces.get()) is not None:
+                yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+            self._output = await draft
+        finally:
+            draft.cancel()  # a no-op once it is done
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", **_message_fields(self._output)))
+
+
+def _message_fields(output: PolicyOutput) -> dict[str, Any]:
+    """Usage and metadata of a draft, as a chat message carries them."""
+    prompt, completion = output.usage.get("prompt_tokens", 0), output.usage.get("completion_tokens", 0)
+    return {
+        "usage_metadata": {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion},
+        "response_metadata": {"finish_reason": output.finish_reason, "model_name": output.model},
+    }
 
 
 def _torch_device(device: str) -> Any:

@@ -46,7 +46,7 @@ from pydantic import Field
 
 from llmi_graph.checks import rules_score, validate
 from llmi_graph.config import Config
-from llmi_graph.graph import InputError, PolicyError, _Nodes, _sampling, build_graph, repair_rounds
+from llmi_graph.graph import InputError, PolicyError, _Nodes, _sampling, build_graph, policy_turn, repair_rounds
 from llmi_graph.policy import Policy, generate_n
 from llmi_graph.prompts import FIGURE_MARK, detail_message, polish_messages
 from llmi_graph.state import Candidate, Enhancement, Figure, Output, Polish, Request, State
@@ -104,7 +104,8 @@ class _ScaledNodes:
         emit({"event": "candidates", "status": "sampling", "k": k})
         started = time.time()
         try:
-            outputs = await asyncio.wait_for(generate_n(policy, messages, sampling, k), timeout=cfg.policy_timeout_s)
+            turn = policy_turn(generate_n(policy, messages, sampling, k), "candidates")
+            outputs = await asyncio.wait_for(turn, timeout=cfg.policy_timeout_s)
         except TimeoutError as exc:
             raise PolicyError(f"the policy gave no {k} drafts within {cfg.policy_timeout_s:g} s") from exc
         except Exception as exc:
@@ -190,7 +191,9 @@ class _ScaledNodes:
         before = str(call.params.get("prompt", ""))
         base = Enhancement(index=call.index, before=before)
         try:
-            reply = await self.nodes.sample(policy, detail_message(before), sampling, cfg)
+            reply = await self.nodes.sample(
+                policy, detail_message(before), sampling, cfg, turn="enhance", llmi_index=call.index
+            )
         except PolicyError as exc:
             return base.model_copy(update={"error": str(exc)})
         after = reply.text.strip().removeprefix("Prompt:").strip()
@@ -218,7 +221,7 @@ class _ScaledNodes:
         policy: Policy = await self.nodes.policy_for(cfg)
         try:
             reply = await self.nodes.sample(
-                policy, polish_messages(state.prompt, "".join(lines)), _sampling(state, cfg), cfg
+                policy, polish_messages(state.prompt, "".join(lines)), _sampling(state, cfg), cfg, turn="polish"
             )
         except PolicyError as exc:
             return {"polish_turn": Polish(applied=False, error=str(exc))}

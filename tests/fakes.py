@@ -1,7 +1,8 @@
 """Fakes for offline tests, each named as a fake.
 
 - `FakeOpenAIServer`: a real HTTP server on 127.0.0.1 that speaks the OpenAI chat-completions protocol
-  with vLLM's extra fields (`token_ids`, `prompt_token_ids`, logprobs) and answers with scripted drafts.
+  with vLLM's extra fields (`token_ids`, `prompt_token_ids`, logprobs) and answers with scripted drafts, as one
+  JSON reply or, when the request says `stream`, as server-sent chunks the way vLLM streams them.
   It stands in for a policy server where none can run in the fast suite; the real vLLM server is tested
   in the serving issue's slow tests.
 - `FakeBackend`: a latency-controlled image backend that draws a real PNG, can fail, or fail transiently.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import socket
 import threading
 import time
@@ -19,7 +21,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image
 
 from tools.base import ToolError, ToolOutput
@@ -69,12 +71,19 @@ class LoopbackApp:
 
 
 class FakeOpenAIServer:
-    """A fake OpenAI-compatible (vLLM-flavoured) chat server on loopback, answering with scripted drafts."""
+    """A fake OpenAI-compatible (vLLM-flavoured) chat server on loopback, answering with scripted drafts.
 
-    def __init__(self, drafts: Sequence[str] = (), *, status: int = 200, delay_s: float = 0.0):
+    One fake token per character: ids `1000 * <draft number> + <position>`, logprob `-0.01 * (position % 7)`. A
+    streamed reply sends each character as a chunk, `chunk_delay_s` apart.
+    """
+
+    def __init__(
+        self, drafts: Sequence[str] = (), *, status: int = 200, delay_s: float = 0.0, chunk_delay_s: float = 0.0
+    ):
         self.drafts = list(drafts)
         self.status = status
         self.delay_s = delay_s
+        self.chunk_delay_s = chunk_delay_s
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.port = free_port()
@@ -90,7 +99,7 @@ class FakeOpenAIServer:
         app = FastAPI()
 
         @app.post("/v1/chat/completions")
-        async def chat(request: Request) -> JSONResponse:
+        async def chat(request: Request) -> Response:
             body = await request.json()
             self.requests.append(body)
             self.headers.append(dict(request.headers))
@@ -120,23 +129,54 @@ class FakeOpenAIServer:
                         },
                     }
                 )
-            return JSONResponse(
-                {
-                    "id": f"chatcmpl-fake-{self._counter}",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": body["model"],
-                    "prompt_token_ids": [1, 2, 3, self._counter],
-                    "choices": choices,
-                    "usage": {
-                        "prompt_tokens": 4,
-                        "completion_tokens": completion_tokens,
-                        "total_tokens": 4 + completion_tokens,
-                    },
-                }
-            )
+            reply = {
+                "id": f"chatcmpl-fake-{self._counter}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "prompt_token_ids": [1, 2, 3, self._counter],
+                "choices": choices,
+                "usage": {
+                    "prompt_tokens": 4,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": 4 + completion_tokens,
+                },
+            }
+            if body.get("stream"):
+                usage = (body.get("stream_options") or {}).get("include_usage")
+                return StreamingResponse(self._chunks(reply, bool(usage)), media_type="text/event-stream")
+            return JSONResponse(reply)
 
         return app
+
+    async def _chunks(self, reply: dict[str, Any], usage: bool) -> Any:
+        """A reply as vLLM streams it: per choice a first chunk with the role (and, at the top, the prompt's token
+        ids), then a chunk per token with its id and logprob, the last one with the finish reason; then the usage
+        when asked for, and `[DONE]`."""
+        head = {k: reply[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+
+        def event(chunk: dict[str, Any]) -> str:
+            return f"data: {json.dumps(head | chunk)}\n\n"
+
+        for choice in reply["choices"]:
+            index, text = choice["index"], choice["message"]["content"]
+            first = {"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+            yield event({"choices": [first], "prompt_token_ids": reply["prompt_token_ids"]})
+            for i, ch in enumerate(text):
+                await asyncio.sleep(self.chunk_delay_s)
+                part = {
+                    "index": index,
+                    "delta": {"content": ch},
+                    "logprobs": {"content": [choice["logprobs"]["content"][i]]},
+                    "token_ids": [choice["token_ids"][i]],
+                    "finish_reason": "stop" if i == len(text) - 1 else None,
+                }
+                yield event({"choices": [part]})
+            if not text:
+                yield event({"choices": [{"index": index, "delta": {}, "finish_reason": "stop"}]})
+        if usage:
+            yield event({"choices": [], "usage": reply["usage"]})
+        yield "data: [DONE]\n\n"
 
     def __enter__(self) -> FakeOpenAIServer:
         config = uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="warning")
