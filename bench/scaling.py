@@ -70,6 +70,11 @@ def sample_costs(folder: Path) -> list[dict[str, float]]:
     return costs
 
 
+def opening_options(args: argparse.Namespace, benchmark: str) -> dict[str, Any]:
+    """OpenING's load options: a sample of `--limit-per-subtask` rows from each subtask."""
+    return {"limit_per_subtask": args.limit_per_subtask} if benchmark == "opening" and args.limit_per_subtask else {}
+
+
 async def run_stage(args: argparse.Namespace, benchmark: str, stage: str, seed: int) -> dict[str, Any]:
     out = args.out / benchmark / stage / f"s{seed}"
     base = Config(max_tokens=args.max_tokens, temperature=args.temperature, seed=seed)
@@ -84,12 +89,10 @@ async def run_stage(args: argparse.Namespace, benchmark: str, stage: str, seed: 
         batch=BatchSettings(out=out, concurrency=args.concurrency),
         judges=judges,
         limit=args.limit,
+        options=opening_options(args, benchmark),
     )
     started = time.perf_counter()
-    try:
-        result = await run_eval(settings, cfg)
-    finally:
-        await close_toolboxes()
+    result = await run_eval(settings, cfg)
     wall = time.perf_counter() - started
     data = json.loads(result.path.read_text(encoding="utf-8"))
     costs = sample_costs(out)
@@ -131,6 +134,7 @@ async def main() -> None:
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--limit", type=int, default=10, help="Items per benchmark.")
+    parser.add_argument("--limit-per-subtask", type=int, default=None, help="OpenING: rows per subtask (a sample).")
     parser.add_argument("--candidates", type=int, default=4)
     parser.add_argument("--repair-rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=256)
@@ -141,15 +145,23 @@ async def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-out/scaling"))
     args = parser.parse_args()
     report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "benchmarks": {}}
-    for benchmark in args.benchmarks:
-        runs = {}
-        for stage in args.stages:
-            runs[stage] = [await run_stage(args, benchmark, stage, seed) for seed in args.seeds]
-        report["benchmarks"][benchmark] = runs
-        print(table(benchmark, runs), flush=True)
+    try:
+        await run_all(args, report)
+    finally:
+        await close_toolboxes()  # once: the seeds of a stage share the toolboxes
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scaling.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     print(f"\nwritten: {args.out / 'scaling.json'}")
+
+
+async def run_all(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    for benchmark in args.benchmarks:
+        runs = {}
+        for stage in args.stages:
+            # the seeds of a stage run at once: the embedded model batches their requests together
+            runs[stage] = list(await asyncio.gather(*(run_stage(args, benchmark, stage, seed) for seed in args.seeds)))
+        report["benchmarks"][benchmark] = runs
+        print(table(benchmark, runs), flush=True)
 
 
 if __name__ == "__main__":

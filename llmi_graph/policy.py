@@ -320,6 +320,7 @@ class ModelPolicy:
         self.max_batch, self.batch_wait_s = max_batch, batch_wait_s
         self._lock = threading.Lock()
         self._pending: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
+        self._drainers: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
 
     def load(self) -> tuple[Any, Any]:
         return self.model, self.tokenizer
@@ -344,10 +345,9 @@ class ModelPolicy:
     def _enqueue(self, prompt_ids: list[int], sampling: Sampling, listener: Listener) -> asyncio.Future[PolicyOutput]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[PolicyOutput] = loop.create_future()
-        pending = self._pending.setdefault(loop, [])
-        pending.append((prompt_ids, sampling, listener, future))
-        if len(pending) == 1:
-            loop.call_later(self.batch_wait_s, lambda: loop.create_task(self._flush(loop)))
+        self._pending.setdefault(loop, []).append((prompt_ids, sampling, listener, future))
+        if loop not in self._drainers:  # one drainer per loop, so requests queue up while a batch runs
+            self._drainers[loop] = loop.create_task(self._drain(loop))
         return future
 
     async def generate_n(self, messages: Sequence[Message], sampling: Sampling, n: int) -> list[PolicyOutput]:
@@ -355,23 +355,38 @@ class ModelPolicy:
         seed draws n different samples)."""
         return list(await asyncio.gather(*(self.generate(messages, sampling) for _ in range(n))))
 
-    async def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        pending = self._pending.pop(loop, [])
-        while pending:
-            sampling = pending[0][1]
-            batch = [r for r in pending if r[1] == sampling][: self.max_batch]
-            pending = [r for r in pending if not any(r is b for b in batch)]
-            listeners = [r[2] for r in batch]
-            try:
-                outputs = await asyncio.to_thread(self.generate_batch, [r[0] for r in batch], sampling, listeners)
-            except Exception as exc:
-                for _, _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, _, _, future), output in zip(batch, outputs, strict=True):
+    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Sample what is queued, a batch at a time, until the queue is empty. Requests that arrive while a batch
+        runs wait for the next one and share it (rather than each starting a batch of its own behind the lock)."""
+        queue: list[_Pending] = []
+        try:
+            while True:
+                await asyncio.sleep(self.batch_wait_s)  # let requests that arrive together join
+                queue += self._pending.pop(loop, [])
+                if not queue:
+                    return  # no await from here to the `finally`, so no request can slip in unseen
+                sampling = queue[0][1]
+                batch = [r for r in queue if r[1] == sampling][: self.max_batch]
+                queue = [r for r in queue if not any(r is b for b in batch)]
+                await self._run_batch(batch, sampling)
+        finally:
+            self._drainers.pop(loop, None)
+            for *_, future in queue:  # only when cancelled mid-way
                 if not future.done():
-                    future.set_result(output)
+                    future.cancel()
+
+    async def _run_batch(self, batch: list[_Pending], sampling: Sampling) -> None:
+        listeners = [r[2] for r in batch]
+        try:
+            outputs = await asyncio.to_thread(self.generate_batch, [r[0] for r in batch], sampling, listeners)
+        except Exception as exc:
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (*_, future), output in zip(batch, outputs, strict=True):
+            if not future.done():
+                future.set_result(output)
 
     def generate_batch(
         self, prompts: Sequence[list[int]], sampling: Sampling, listeners: Sequence[Listener | None] = ()

@@ -89,3 +89,62 @@ async def test_vision_policy_receives_input_images_as_image_parts(cfg, tmp_path)
     content = server.requests[0]["messages"][-1]["content"]
     assert content[0]["type"] == "text" and "image 0 (64x48)" in content[0]["text"]
     assert content[1]["type"] == "image_url" and content[1]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+class _SlowBatches:
+    """A fake model behind `ModelPolicy`'s queue: each batch takes 0.3 s and its size is recorded."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def __call__(self, prompts, sampling, listeners=()):
+        import time
+
+        from llmi_graph.policy import PolicyOutput
+
+        self.sizes.append(len(prompts))
+        time.sleep(0.3)
+        return [PolicyOutput(text=f"draft {p[0]}", backend="fake", model="fake") for p in prompts]
+
+
+async def test_requests_that_arrive_while_a_batch_runs_share_the_next_batch():
+    """Under load (a batch run, the scaled graph's repair turns) requests trickle in while the model is busy: they
+    must queue and go together, not start a one-request batch each behind the model's lock."""
+    from llmi_graph.policy import ModelPolicy
+
+    policy = ModelPolicy(None, None, "fake", batch_wait_s=0.01)
+    policy.generate_batch = batches = _SlowBatches()  # type: ignore[method-assign]
+    policy.prompt_ids = lambda messages: [int(messages[0]["content"])]  # type: ignore[method-assign]
+    sampling = Sampling(max_tokens=8, seed=1)
+
+    async def ask(n: int, after_s: float) -> str:
+        await asyncio.sleep(after_s)
+        return (await policy.generate([{"role": "user", "content": str(n)}], sampling)).text
+
+    texts = await asyncio.gather(ask(0, 0.0), *(ask(n, 0.05 + 0.03 * n) for n in range(1, 6)))
+    assert texts == [f"draft {n}" for n in range(6)]
+    assert batches.sizes == [1, 5]  # the five late ones waited for the first batch, then went as one
+    await asyncio.sleep(0.1)
+    assert not policy._drainers  # the drainer ends once the queue is empty
+
+
+async def test_a_failed_batch_fails_its_requests_and_the_queue_goes_on():
+    from llmi_graph.policy import ModelPolicy
+
+    policy = ModelPolicy(None, None, "fake", batch_wait_s=0.01)
+    calls: list[int] = []
+
+    def flaky(prompts, sampling, listeners=()):
+        calls.append(len(prompts))
+        if len(calls) == 1:
+            raise RuntimeError("out of memory")
+        return _SlowBatches()(prompts, sampling, listeners)
+
+    policy.generate_batch = flaky  # type: ignore[method-assign]
+    policy.prompt_ids = lambda messages: [int(messages[0]["content"])]  # type: ignore[method-assign]
+    first = await asyncio.gather(
+        policy.generate([{"role": "user", "content": "1"}], Sampling(seed=1)), return_exceptions=True
+    )
+    assert isinstance(first[0], RuntimeError)
+    second = await policy.generate([{"role": "user", "content": "2"}], Sampling(seed=1))
+    assert second.text == "draft 2"
