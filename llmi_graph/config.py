@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmi_graph.tags import SOURCES
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -185,6 +187,12 @@ class Config:
     tool_cache: bool = _setting(
         "tool_cache", False, "Reuse identical tool calls across runs (memory and disk); within a run always."
     )
+    approve: str = _setting(
+        "approve",
+        "",
+        "Tools whose calls wait for a person's approval before they run, comma-separated (e.g. code,search); "
+        "empty: none. The graph needs a checkpointer (see README: Human approval).",
+    )
 
     # Storage.
     cache_dir: str = _setting(
@@ -196,6 +204,12 @@ class Config:
         self.max_tokens_limit = max(self.max_tokens_limit, self.max_tokens)
         self.max_repair_rounds = max(self.max_repair_rounds, self.repair_rounds)
         self.max_candidates = max(self.max_candidates, self.candidates)
+        unknown = sorted(self.approval_tools - set(SOURCES))
+        if unknown:
+            raise ValueError(
+                f"approve={self.approve!r} (LLMI_APPROVE, --approve): unknown tool(s) {', '.join(unknown)}; "
+                f"expected some of {', '.join(SOURCES)}"
+            )
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Config:
@@ -212,6 +226,11 @@ class Config:
     @property
     def image_path(self) -> Path:
         return Path(self.image_dir).expanduser() if self.image_dir else self.cache_path / "images"
+
+    @property
+    def approval_tools(self) -> frozenset[str]:
+        """The tools whose calls wait for approval (`approve`, parsed)."""
+        return frozenset(t.strip() for t in self.approve.split(",") if t.strip())
 
     @property
     def policy_api_key(self) -> str | None:

@@ -1,4 +1,5 @@
-"""The llmi graph: planner -> parse -> {search, diffusion, code, edit} (fanned out with Send) -> review -> assemble.
+"""The llmi graph: planner -> parse -> [approve] -> {search, diffusion, code, edit} (fanned out with Send) -> review
+-> assemble.
 
     START -> planner -> parse --Send--> search ----\\
                             |--Send--> diffusion --+--> review --> assemble -> END
@@ -11,7 +12,9 @@ Every call of a draft is sent in one step, so independent calls run concurrently
 for the image it depends on (see `_run`). Tool failures become failed slots, never a failed run. With
 `repair_rounds` (a request setting within the operator's cap; 0 by default), `review` sends each failed slot
 back to the policy with its reason and the tag that failed, as a turn of its own; the tag it writes runs again,
-and the run keeps every attempt (`results` in order, `repairs` with each reply's tokens and logprobs).
+and the run keeps every attempt (`results` in order, `repairs` with each reply's tokens and logprobs). With the
+operator's `approve` (tools whose calls a person approves), the calls of a round go to `approve` first, which
+interrupts until a person approves, edits or rejects each call of those tools, then sends them (`llmi_graph.approval`).
 """
 
 from __future__ import annotations
@@ -30,14 +33,16 @@ from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import Command, Overwrite, Send
+from langgraph.types import Command, Overwrite, Send, interrupt
 
 from llmi_graph._run import ResultBoard, RunContext, close_run, open_run, release_run, runs_root
+from llmi_graph.approval import REJECTED, AnswerError, approval_request, read_answer, rejection
 from llmi_graph.cache import SharedCallCancelled, ToolCache, cache_key, shared_cache
 from llmi_graph.config import Config, resolve
 from llmi_graph.policy import Message, Policy, Sampling, policy_for
 from llmi_graph.prompts import build_messages, build_user_message, repair_message
 from llmi_graph.state import (
+    Approval,
     Figure,
     ImageRef,
     ImageResult,
@@ -113,9 +118,13 @@ class _Nodes:
         store = image_store(cfg)
         max_bytes = int(cfg.input_image_max_mb * 1024 * 1024)
         refs = [await asyncio.to_thread(_ingest, store, v, i, max_bytes) for i, v in enumerate(state.images)]
-        tools = [t for t in self._toolbox(cfg).available() if state.allowed_tools is None or t in state.allowed_tools]
+        tools = self.tools(state, cfg)
         content = await asyncio.to_thread(_user_content, state.prompt, refs, store, cfg.policy_vision)
         return refs, build_messages(content, tools, state.image_num), tools
+
+    def tools(self, state: Request, cfg: Config) -> list[str]:
+        """The tools this request may use: those with a backend that the request allows."""
+        return [t for t in self._toolbox(cfg).available() if state.allowed_tools is None or t in state.allowed_tools]
 
     async def policy_for(self, cfg: Config) -> Policy:
         try:
@@ -171,6 +180,7 @@ class _Nodes:
             # A new run on a thread that already holds one: start its results, repairs and timings afresh.
             "results": Overwrite([]),
             "repairs": Overwrite([]),
+            "approvals": Overwrite([]),
             "repair_round": 0,
             "timings": Overwrite({"started_at": started, "planner_s": time.time() - started}),
         }
@@ -221,6 +231,72 @@ class _Nodes:
             "results": invalid,
             "timings": {"tools_started_at": time.time()},
         }
+        return self._dispatch(update, sends, state, cfg)
+
+    def _dispatch(self, update: dict[str, Any], sends: list[Send], state: State, cfg: Config) -> Command[Any]:
+        """Send the calls to their tools; when the operator wants some of them approved, hand them all to `approve`
+        (which sends them once a person has decided)."""
+        tools = self.tools(state, cfg) if cfg.approval_tools else []
+        if any(_asks(send.arg, cfg, tools) for send in sends):
+            held = [send.arg.call.index for send in sends]
+            return Command(update={**update, "awaiting_approval": held}, goto="approve")
+        return Command(update=update, goto=sends or "review")
+
+    # --- approve: a person decides on the calls of the tools the operator named ----------------------------------
+
+    async def approve(self, state: State, runtime: Runtime[Any]) -> Command[Any]:
+        """Ask a person about the calls of the tools in the operator's `approve` (one `interrupt` per round of calls),
+        then send the approved and edited calls with those that need no approval; a rejected call is a failed slot.
+        An answer that cannot be applied changes nothing: the node asks again, with the reasons (`llmi_graph.approval`).
+        """
+        cfg = self._config(runtime)
+        info = runtime.execution_info
+        if info is None or info.thread_id is None:  # an interrupt without a checkpointer could never be answered
+            raise RuntimeError(needs_checkpointer(cfg))
+        budget = _wait_budget(cfg)
+        waiting = set(state.awaiting_approval)
+        tasks = [_task(c, state, state.run_key, budget) for c in state.calls if c.index in waiting]
+        tools = self.tools(state, cfg)
+        asked = [t.call for t in tasks if _asks(t, cfg, tools)]
+        emit = get_stream_writer()
+        for call in asked:
+            emit({"event": "tool", "index": call.index, "source": call.source, "status": "awaiting approval"})
+        total, inputs = len(state.input_images) + len(state.calls), len(state.input_images)
+        error: str | None = None
+        while True:  # each pass that finds a problem interrupts again; the node re-runs with every answer so far
+            answer = interrupt(approval_request(asked, state.repair_round, error))
+            try:
+                decisions = read_answer(
+                    answer, asked, round_=state.repair_round, total=total, num_inputs=inputs, tools=tools
+                )
+                break
+            except AnswerError as exc:
+                error = str(exc)
+        decided: dict[int, Approval] = {d.index: d for d in decisions}
+        edited = {d.index: d.call for d in decisions if d.decision == "edit" and d.call is not None}
+        context = self._run(state.run_key, cfg, runtime)
+        rejected: list[ImageResult] = []
+        sends: list[Send] = []
+        try:
+            for task in tasks:
+                decision = decided.get(task.call.index)
+                if decision is not None and decision.decision == "reject":
+                    result = failed(task.call, rejection(decision.reason))
+                    await context.board.publish(result)  # an edit of this image fails with "dependency failed"
+                    rejected.append(result)
+                    emit(_tool_event(result))
+                    continue
+                call = edited.get(task.call.index, task.call)
+                sends.append(Send(call.source, task.model_copy(update={"call": call})))
+        finally:
+            release_run(context)
+        update: dict[str, Any] = {
+            "calls": [edited.get(c.index, c) for c in state.calls],
+            "approvals": decisions,
+            "results": rejected,
+        }
+        if state.repair_round == 0:  # the tools start now: the time a person took is not the tools' time
+            update["timings"] = {"tools_started_at": time.time()}
         return Command(update=update, goto=sends or "review")
 
     # --- tools -----------------------------------------------------------------------------------------
@@ -380,7 +456,7 @@ class _Nodes:
             "repairs": list(repairs),
             "results": invalid,
         }
-        return Command(update=update, goto=sends or "review")
+        return self._dispatch(update, sends, state, cfg)
 
     async def _repair(
         self,
@@ -450,8 +526,9 @@ def repair_rounds(state: Request, cfg: Config) -> int:
     return state.repair_rounds if state.repair_rounds is not None else cfg.repair_rounds
 
 
-_UNREPAIRABLE = ("dependency failed", "cancelled")
-"""Failures that are not the slot's own: an edit whose source failed runs again once that source is repaired."""
+_UNREPAIRABLE = ("dependency failed", "cancelled", REJECTED)
+"""Failures that are not the slot's own (an edit whose source failed runs again once that source is repaired), and
+a reviewer's rejection, which is final."""
 
 
 def _repairable(result: ImageResult | None) -> bool:
@@ -477,6 +554,21 @@ def _with_dependents(indices: set[int], calls: list[ToolCall], latest: dict[int,
 def _tag_text(call: ToolCall) -> str:
     return (
         f"<imgen>{{'source': {call.source!r}, 'description': {call.description!r}, 'params': {call.params!r}}}</imgen>"
+    )
+
+
+def _asks(task: ToolTask, cfg: Config, tools: list[str]) -> bool:
+    """Whether this call waits for a person: its tool is in the operator's `approve`, and it would run at all (the
+    request allows the tool, which has a backend)."""
+    return task.call.source in cfg.approval_tools and task.refusal is None and task.call.source in tools
+
+
+def needs_checkpointer(cfg: Config) -> str:
+    """The error for approval without a checkpointer."""
+    return (
+        f"approval needs a checkpointer: approve={cfg.approve!r} makes a run stop until a person answers, so compile "
+        "the graph with one (build_graph(..., checkpointer=InMemorySaver()), or an AsyncSqliteSaver to answer from "
+        "another process) and run it with a thread_id; or unset approve (LLMI_APPROVE)"
     )
 
 
@@ -604,24 +696,38 @@ def build_graph(
 
     `subgraph=True` builds it for a parent graph whose state extends `State` (`llmi_graph.scaling`); `chooser` picks
     among a search's top results when that parent's enhancement asks (`State.enhance_search`).
+
+    When the config names tools in `approve`, their calls wait for a person (`interrupt`; see
+    `llmi_graph.approval`), so the graph needs a `checkpointer` (a `ValueError` says so; a subgraph uses its
+    parent's).
     """
-    nodes = _Nodes(policy, toolbox, config or Config(), chooser)
+    cfg = config or Config()
+    if cfg.approval_tools and not checkpointer and not subgraph:
+        raise ValueError(needs_checkpointer(cfg))
+    return _builder(policy, toolbox, cfg, subgraph, chooser).compile(checkpointer=checkpointer, name="llmi")
+
+
+def _builder(
+    policy: Policy | None, toolbox: Toolbox | None, config: Config, subgraph: bool, chooser: ImageChooser | None
+) -> StateGraph:
+    nodes = _Nodes(policy, toolbox, config, chooser)
     # As a subgraph (of `llmi_graph.scaling`) it reads the parent's whole state, the chosen draft (`given`) included;
     # standing alone, its input is a caller's `Request`, which cannot carry one.
     builder = StateGraph(State, input_schema=State if subgraph else Request, output_schema=Output)
     builder.add_node("planner", nodes.planner)
-    builder.add_node("parse", nodes.parse, destinations=(*SOURCES, "review"))
+    builder.add_node("parse", nodes.parse, destinations=(*SOURCES, "approve", "review"))
+    builder.add_node("approve", nodes.approve, destinations=(*SOURCES, "review"))
     for source in SOURCES:
         builder.add_node(source, nodes.tool_node(source), input_schema=ToolTask)
         builder.add_edge(source, "review")
-    builder.add_node("review", nodes.review, destinations=(*SOURCES, "review", "assemble"))
+    builder.add_node("review", nodes.review, destinations=(*SOURCES, "approve", "review", "assemble"))
     builder.add_node("assemble", nodes.assemble)
     builder.add_edge(START, "planner")
     builder.add_edge("planner", "parse")
     builder.add_edge("assemble", END)
-    return builder.compile(checkpointer=checkpointer, name="llmi")
+    return builder
 
 
-graph = build_graph(config=Config())
+graph = _builder(None, None, Config(), False, None).compile(name="llmi")
 """The graph `langgraph.json` exports: operator settings from the server's environment, compiled without a
-checkpointer (the server brings its own)."""
+checkpointer (the server brings its own, so approval needs none here)."""

@@ -34,6 +34,7 @@ from markdown_it.token import Token
 
 from llmi_graph.config import Config
 from llmi_graph.state import (
+    Approval,
     Candidate,
     Enhancement,
     Figure,
@@ -435,6 +436,8 @@ def trajectory(state: State, cfg: Config | None = None, image_paths: dict[int, s
         },
         # every repair turn: the failed call and why, the policy's reply (tokens, logprobs) and the call it gave
         "repairs": [r.model_dump(mode="json") for r in state.repairs],
+        # a reviewer's decision on each call that needed approval (the operator's `approve` setting)
+        "approvals": [a.model_dump(mode="json") for a in state.approvals],
         "segments": [s.model_dump(mode="json") for s in state.segments],
         "timings": {k: round(v, 4) for k, v in state.timings.items()},
         "tool_metrics": state.tool_metrics,
@@ -498,6 +501,7 @@ def load_state(path: str | os.PathLike[str]) -> State:
         draft=data["draft"], policy=PolicyOutput(**data["policy"]) if data.get("policy") else None, segments=segments,
         calls=calls, results=results, document=document, timings=data.get("timings", {}),
         tool_metrics=data.get("tool_metrics", {}), repairs=[Repair(**r) for r in data.get("repairs", [])],
+        approvals=[Approval(**a) for a in data.get("approvals", [])],
         drafts=[Candidate(**c) for c in data.get("candidates", [])], selected=data.get("selected"),
         selector=data.get("selector", ""), enhancements=[Enhancement(**e) for e in data.get("enhancements", [])],
         polish_turn=Polish(**data["polish"]) if data.get("polish") else None,

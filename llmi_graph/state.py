@@ -73,6 +73,21 @@ class Repair(BaseModel):
     error: str | None = Field(default=None, description="Why the repair gave no call (no tag, policy error).")
 
 
+class Approval(BaseModel):
+    """A reviewer's decision on one tool call before it ran (the operator's `approve` setting): the call the policy
+    wrote, the decision, and the call that ran instead when the reviewer edited it."""
+
+    round: int = Field(description="0: a call of the draft; N: a call that repair round N wrote.")
+    index: int
+    decision: Literal["approve", "edit", "reject"]
+    proposed: ToolCall = Field(description="The call as the policy wrote it.")
+    call: ToolCall | None = Field(
+        default=None, description="The call that ran (the proposed one, or the edited one); None when rejected."
+    )
+    reason: str | None = Field(default=None, description="The reviewer's reason, when the answer gave one.")
+    reviewer: str | None = Field(default=None, description="Who decided, when the answer says.")
+
+
 class Candidate(BaseModel):
     """One sampled draft, what validation found in it, and its selection score."""
 
@@ -195,6 +210,7 @@ class Output(BaseModel):
     calls: list[ToolCall] = Field(default_factory=list)
     results: list[ImageResult] = Field(default_factory=list)
     repairs: list[Repair] = Field(default_factory=list)
+    approvals: list[Approval] = Field(default_factory=list, description="Each reviewer decision (`approve`).")
     document: list[TextSegment | Figure] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)
     tool_metrics: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -222,6 +238,12 @@ class State(Request):
     )
     repairs: Annotated[list[Repair], operator.add] = Field(default_factory=list)
     repair_round: int = 0
+    approvals: Annotated[list[Approval], operator.add] = Field(
+        default_factory=list, description="Each reviewer decision, in order (the operator's `approve` setting)."
+    )
+    awaiting_approval: list[int] = Field(
+        default_factory=list, description="The image indices the `approve` node dispatches (after asking for some)."
+    )
     given: PolicyOutput | None = Field(
         default=None,
         description="A draft chosen upstream (the scaled graph's selection): the planner uses it instead of sampling. "
