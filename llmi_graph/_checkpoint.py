@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from llmi_graph._extras import require
+
 _SETUP_LOCK = 0x6C6C6D69  # "llmi": the advisory lock that lets one process at a time create the tables
 
 
@@ -43,12 +45,8 @@ async def open_checkpointer(url: str | None, default_path: Path) -> AsyncIterato
             yield saver
         return
     if url.startswith(("postgresql://", "postgres://")):
-        try:
-            from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-        except ImportError as exc:
-            raise RuntimeError(
-                "a postgresql:// checkpoint URL needs `pip install langgraph-checkpoint-postgres psycopg[binary]`"
-            ) from exc
+        require("batch", "langgraph.checkpoint.postgres", "psycopg", what="a postgresql:// checkpoint URL")
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
         from psycopg import OperationalError
 
         async with contextlib.AsyncExitStack() as stack:

@@ -1,4 +1,5 @@
-"""Command-line options from a config dataclass: each field is an option, its `help` metadata the help text.
+"""What every package's commands share: the console they print to, the command-line error, and options from a
+config dataclass (each field an option, its `help` metadata the help text).
 
 So a server's or trainer's config is defined once, and its CLI cannot drift from it (the TRL habit).
 """
@@ -13,6 +14,13 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import typer
+from rich.console import Console
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+class CliError(Exception):
+    """A problem with the command line: printed, exit status 2, nothing written."""
 
 
 def dataclass_command(cls: type, run: Callable[[Any], None], doc: str) -> Callable[..., None]:

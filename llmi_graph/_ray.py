@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from llmi_graph._checkpoint import open_checkpointer
+from llmi_graph._extras import require
 from llmi_graph.batch import BatchError, BatchSample, BatchSettings, run_sample
 from llmi_graph.config import Config
 from llmi_graph.graph import InputError, PolicyError, image_store
@@ -53,6 +54,7 @@ def connect(address: str, *, num_cpus: int | None = None) -> bool:
     passed to `ray.init(address=...)`. Whether this call connected (its caller then calls `ray.shutdown()`);
     False when the process already was. Raises `ConnectionError` when nothing answers at a HOST:PORT address
     (Ray itself would retry for minutes)."""
+    require("batch", "ray", what="running samples on Ray (--ray-address)")
     host, colon, port = address.rpartition(":")
     if colon and port.isdigit() and "://" not in address:
         try:

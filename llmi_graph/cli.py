@@ -1,23 +1,26 @@
-"""`llmi run "PROMPT"`: one prompt in, an interleaved report out (HTML, Markdown, trajectory.json)."""
+"""The graph's verbs: `llmi run "PROMPT"` (one prompt in, an interleaved report out: HTML, Markdown,
+trajectory.json), `llmi batch` and `llmi embedded-model`. The root command, `llmi.cli`, mounts them beside the other
+packages' verbs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from llmi_graph._cli_config import dataclass_command
+from llmi_graph._cli_config import CliError, console
+from llmi_graph._extras import MissingExtra, require
 from llmi_graph.config import Config
 from llmi_graph.graph import InputError, PolicyError, image_store
 from llmi_graph.policy import SHIPPED_ADAPTER, explicit_adapter, resolve_adapter
@@ -32,12 +35,6 @@ ADAPTER_HELP = (
     "The embedded policy's LoRA adapter: 'shipped' (the default, packaged with llmi), a folder rl/train.py saved, "
     "or 'none' (the base model)."
 )
-
-console = Console(stderr=True, soft_wrap=True)
-
-
-class CliError(Exception):
-    """A problem with the command line: printed, exit status 2, nothing written."""
 
 
 @app.callback()
@@ -119,6 +116,10 @@ def run(
     tool_cache: Annotated[
         bool | None, typer.Option("--tool-cache/--no-tool-cache", help="Reuse identical tool calls across runs.")
     ] = None,
+    approve: Annotated[
+        str | None,
+        typer.Option(help="Tools whose calls you approve, edit or reject at the terminal (e.g. code,search)."),
+    ] = None,
 ) -> None:
     """Write an interleaved document for PROMPT and save it as HTML, Markdown and trajectory.json."""
     try:
@@ -133,6 +134,7 @@ def run(
             diffusion_backend=diffusion_backend, edit_backend=edit_backend, code_backend=code_backend,
             image_server_urls=",".join(image_server) if image_server else None,
             edit_server_urls=",".join(edit_server) if edit_server else None, tool_cache=tool_cache,
+            approve=approve,
         )  # fmt: skip
         toolbox = toolbox_for(cfg)
         _check_adapter(adapter, policy_url, cfg)
@@ -276,7 +278,7 @@ def _describe_tools(cfg: Config, toolbox: Toolbox) -> None:
         console.print(f"policy embedded {model} with {named}{hint}", highlight=False)
     for source in SOURCES:
         if toolbox.backend(source) is None:
-            console.print(f"[dim]  {source}: {toolbox.missing_reason(source)}[/dim]", highlight=False)
+            console.print(f"[dim]  {source}: {escape(toolbox.missing_reason(source))}[/dim]", highlight=False)
     if isinstance(toolbox.backend("code"), LocalSandbox) and not bwrap_works():
         if cfg.allow_unsandboxed_code:
             console.print("[bold red]WARNING: model-written code will run WITHOUT isolation (opted in).[/bold red]")
@@ -292,15 +294,18 @@ async def _run_graph(
 ) -> dict[str, Any]:
     """Run the graph (`graph_for`: the scaled one when the config asks for scaling) with live progress; the final
     state as data."""
+    from llmi_graph._approve_cli import stream_with_approval
     from llmi_graph.scaling import graph_for
 
-    graph = graph_for(cfg, scorers=scorers, chooser=chooser)
+    def build(checkpointer: Any) -> Any:  # with --approve, a checkpointer, so the run can stop to ask
+        return graph_for(cfg, scorers=scorers, chooser=chooser, checkpointer=checkpointer)
+
     progress = _Progress(cfg)
     final: dict[str, Any] | None = None
     try:
-        with progress.live():
-            async for namespace, mode, chunk in graph.astream(
-                request, stream_mode=["custom", "values"], subgraphs=True
+        with progress.live() as live:
+            async for namespace, mode, chunk in stream_with_approval(
+                build, request, cfg, stream_mode=["custom", "values"], console=console, live=live
             ):
                 if mode == "custom":
                     progress.update(chunk)
@@ -451,8 +456,8 @@ def batch(
             out=out, samples=samples, concurrency=concurrency, checkpoint_url=checkpoint_url,
             ray_address=ray_address, ray_workers=ray_workers,
         )  # fmt: skip
-    except (CliError, BatchError, ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (CliError, BatchError, ValueError, FileNotFoundError, MissingExtra) as exc:
+        console.print(f"[red]error:[/red] {exc if isinstance(exc, CliError) else escape(str(exc))}")
         raise typer.Exit(2) from None
     _describe_tools(cfg, toolbox_for(cfg))
     code = run_batch_with_progress(items, settings, cfg, source=str(data.resolve()))
@@ -468,6 +473,11 @@ def _check_adapter(adapter: str | None, policy_url: str | None, cfg: Config | No
         resolve_adapter(adapter)
     except FileNotFoundError as exc:
         raise CliError(f"--adapter {adapter}: {exc}") from None
+    if cfg is not None and not cfg.policy_url:
+        try:
+            require("embedded")
+        except MissingExtra as exc:  # escaped: the commands print a CliError as rich markup
+            raise CliError(escape(f"{exc}; or use a policy server: --policy-url URL --model NAME")) from None
     if cfg is not None and adapter is None and not cfg.policy_url:
         try:
             resolve_adapter(cfg.adapter, cfg.embedded_model_path)
@@ -584,7 +594,7 @@ def run_with_progress(run: Any) -> int:
         )
         return 130
     except (BatchError, ValueError, RuntimeError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         return 1
     outcome: BatchOutcome = result if isinstance(result, BatchOutcome) else result.batch
     out = Path(result.path).parent if not isinstance(result, BatchOutcome) else None
@@ -620,123 +630,6 @@ def _print_metrics(result: Any) -> None:
     console.print(table)
 
 
-def _serve_policy(config: Any) -> None:
-    from servers.policy import serve_policy
-
-    _run_server(serve_policy, config)
-
-
-def _serve_image(config: Any) -> None:
-    from servers.image_server import serve_image
-
-    _run_server(serve_image, config)
-
-
-def _serve_images(config: Any) -> None:
-    from servers.launcher import serve_images
-
-    _run_server(serve_images, config)
-
-
-def _run_server(serve: Any, config: Any) -> None:
-    try:
-        serve(config)
-    except (RuntimeError, ValueError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-
-
-def _register_server_commands() -> None:
-    from servers.image_server import ImageServerConfig
-    from servers.launcher import LauncherConfig
-    from servers.policy import PolicyServerConfig
-
-    app.command("serve-policy")(
-        dataclass_command(PolicyServerConfig, _serve_policy, "Serve a policy with vLLM (OpenAI-compatible, LoRA).")
-    )
-    app.command("serve-image")(
-        dataclass_command(ImageServerConfig, _serve_image, "Serve one Qwen-Image (edit) pipeline over HTTP.")
-    )
-    app.command("serve-images")(
-        dataclass_command(LauncherConfig, _serve_images, "Serve one image pipeline instance per GPU.")
-    )
-
-
-_register_server_commands()
-
-
-def _register_eval_commands() -> None:
-    from evals.cli import app as eval_app
-
-    app.add_typer(eval_app, name="eval")
-
-
-_register_eval_commands()
-
-
-@app.command()
-def score(
-    path: Annotated[Path, typer.Argument(help="A report folder (or its trajectory.json) written by llmi run.")],
-    judge_url: Annotated[str | None, typer.Option(envvar="LLMI_JUDGE_URL", help="LLM judge base URL.")] = None,
-    judge_model: Annotated[str, typer.Option(envvar="LLMI_JUDGE_MODEL", help="LLM judge model.")] = "default",
-    mllm_url: Annotated[
-        str | None, typer.Option(envvar="LLMI_MLLM_JUDGE_URL", help="Multimodal judge base URL.")
-    ] = None,
-    mllm_model: Annotated[
-        str, typer.Option(envvar="LLMI_MLLM_JUDGE_MODEL", help="Multimodal judge model.")
-    ] = "default",
-    missing: Annotated[str, typer.Option(help="A missing judge score: renormalize, or unscored.")] = "renormalize",
-    split: Annotated[str, typer.Option(help="train (partial credit for image counts) or eval.")] = "train",
-    close_hacks: Annotated[
-        bool, typer.Option(help="Turn on every anti-hack option (see README); off reproduces the paper.")
-    ] = False,
-    tool_weight: Annotated[float, typer.Option(help="Weight of tool_score in R (0: off).")] = 0.0,
-    required_tools: Annotated[str | None, typer.Option(help="Tools the prompt needs, for tool_score.")] = None,
-) -> None:
-    """Score a finished report with the hybrid reward (rules + LLM judge + multimodal judge) into score.json."""
-    import json
-    import secrets
-
-    from judges._endpoint import JudgeEndpoint
-    from judges.hybrid import HybridOptions, score_state
-    from judges.llm import LLMJudge
-    from judges.mllm import MLLMJudge
-    from llmi_graph.report import load_state
-
-    folder = path if path.is_dir() else path.parent
-    try:
-        state = load_state(path)
-        # The judge reads images only from the report's images/ and the image store, and checks their hashes.
-        image_roots = [folder / "images", Config.from_env().image_path]
-        options = HybridOptions(
-            missing=missing, split=split, tool_weight=tool_weight, mllm_full_marks_only_if_unwanted=close_hacks,
-            ignore_literal_image_markers=close_hacks, smooth_overflow=close_hacks,
-        )  # fmt: skip
-        if missing not in ("renormalize", "unscored") or split not in ("train", "eval"):
-            raise CliError("--missing takes renormalize or unscored; --split takes train or eval")
-    except (CliError, ValueError, OSError, KeyError, TypeError) as exc:
-        console.print(f"[red]error:[/red] cannot score {path}: {exc}")
-        raise typer.Exit(2) from None
-    llm = LLMJudge(JudgeEndpoint(base_url=judge_url, model=judge_model)) if judge_url else None
-    mllm = MLLMJudge(JudgeEndpoint(base_url=mllm_url, model=mllm_model, api_key_env="LLMI_MLLM_JUDGE_API_KEY"),
-                     image_roots=image_roots) if mllm_url else None  # fmt: skip
-    if llm is None and mllm is None:
-        console.print("[yellow]warning:[/yellow] no judge URL given: only the rule term is scored")
-    tools = [t.strip() for t in required_tools.split(",")] if required_tools else []
-    reward = asyncio.run(score_state(state, llm, mllm, options, tools))
-    for name, judged in reward.judges.items():
-        if judged and judged["reason"]:
-            console.print(f"[yellow]warning:[/yellow] {name} judge: {judged['reason']}", highlight=False)
-    out = folder / "score.json"
-    tmp = folder / f".score-{secrets.token_hex(6)}.json"
-    with open(tmp, "x") as fh:
-        fh.write(json.dumps(reward.as_dict(), indent=2))
-    os.replace(tmp, out)  # replaces a score.json, never writes through a link planted in its place
-    shown = "unscored" if reward.reward is None else f"{reward.reward:.4f}"
-    console.print(f"R = {shown}  (n {reward.image_num_score:.3f}, l {reward.llm}, m {reward.mllm})", highlight=False)
-    typer.echo(f"Score: {out}")
-
-
 @app.command("embedded-model")
 def embedded_model(
     cache_dir: Annotated[str | None, typer.Option(help="Model cache (default ~/.cache/llmi).")] = None,
@@ -746,18 +639,12 @@ def embedded_model(
 
     try:
         typer.echo(cached_model_dir(Config.from_env(cache_dir=cache_dir).cache_path))
-    except EmbeddedModelMissing as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (EmbeddedModelMissing, MissingExtra) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 
-def main() -> None:
-    """Console entry point."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
+if __name__ == "__main__":  # `python -m llmi_graph.cli VERB` is the whole command line, as `llmi VERB` is
+    from llmi.cli import main
 
-
-if __name__ == "__main__":
     main()

@@ -30,6 +30,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import PrivateAttr
 
+from llmi_graph._extras import require
 from llmi_graph.config import Config
 from llmi_graph.state import PolicyOutput
 
@@ -494,6 +495,7 @@ class EmbeddedPolicy(ModelPolicy):
         """Load (once) and return (model, tokenizer)."""
         with self._load_lock:
             if self.model is None:
+                require("embedded")
                 from transformers import AutoModelForCausalLM, AutoTokenizer
                 from transformers.utils import logging as hf_logging
 
@@ -720,6 +722,7 @@ def policy_for(cfg: Config) -> Policy:
     adapter `resolve_adapter` finds."""
     if cfg.policy_url:
         return OpenAIPolicy(cfg.policy_url, cfg.policy_model, cfg.policy_api_key, cfg.policy_timeout_s)
+    require("embedded")
     resolved = resolve_adapter(cfg.adapter, cfg.embedded_model_path)
     adapter = str(resolved) if resolved else None
     if cfg.embedded_model_path:

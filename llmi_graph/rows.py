@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmi_graph._extras import require
 from llmi_graph.store import data_url
 from llmi_graph.tags import SOURCES
 
@@ -86,6 +87,7 @@ def normalise(raw: dict[str, Any], base: Path, where: str) -> Row:
 
 def load_rows(path: str | Path) -> list[Row]:
     """Rows of a JSONL or parquet file, checked."""
+    require("batch", "datasets")
     from datasets import load_dataset
     from datasets.utils.logging import disable_progress_bar
 

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from llmi_graph._extras import MissingExtra, require
 from llmi_graph.config import Config
 from llmi_graph.state import ImageResult
 from llmi_graph.store import ImageStore, InvalidImageError
@@ -123,6 +124,14 @@ class _Unconfigured(Exception):
     """A tool has no usable backend; the message says what to set."""
 
 
+def _needs(extra: str) -> None:
+    """A backend whose extra is not installed is no backend, with the reason (`pip install llmi[extra]`)."""
+    try:
+        require(extra)
+    except MissingExtra as exc:
+        raise _Unconfigured(str(exc)) from None
+
+
 def _urls(value: str | None) -> list[str]:
     return [u.strip() for u in (value or "").split(",") if u.strip()]
 
@@ -163,6 +172,7 @@ def _search(cfg: Config) -> ImageBackend | None:
     if choice == "library" or (choice == "auto" and cfg.search_library_dir):
         if not cfg.search_library_dir:
             raise _Unconfigured("LLMI_SEARCH_LIBRARY_DIR is not set: point it at a folder of images")
+        _needs("library")
         from tools.library import LocalImageLibrary
 
         return LocalImageLibrary(cfg.search_library_dir, cfg.cache_path)
@@ -206,6 +216,7 @@ def _diffusion(cfg: Config) -> ImageBackend | None:
     if choice == "diffusers" or (choice == "auto" and cfg.diffusers_model):
         if not cfg.diffusers_model:
             raise _Unconfigured("LLMI_DIFFUSERS_MODEL is not set: point it at a diffusers model folder")
+        _needs("diffusers")
         return DiffusersDiffusion(cfg.diffusers_model, device=cfg.diffusers_device, dtype=cfg.diffusers_dtype,
                                   width=cfg.image_width, height=cfg.image_height, steps=cfg.image_steps,
                                   trust_remote_code=cfg.diffusers_trust_remote_code)  # fmt: skip
@@ -257,6 +268,7 @@ def _edit(cfg: Config) -> ImageBackend | None:
     if choice == "diffusers" or (choice == "auto" and cfg.diffusers_edit_model):
         if not cfg.diffusers_edit_model:
             raise _Unconfigured("LLMI_DIFFUSERS_EDIT_MODEL is not set: point it at a diffusers edit model folder")
+        _needs("diffusers")
         return DiffusersEdit(cfg.diffusers_edit_model, device=cfg.diffusers_device, dtype=cfg.diffusers_dtype,
                              steps=cfg.image_steps, trust_remote_code=cfg.diffusers_trust_remote_code)  # fmt: skip
     return LocalEditor()

@@ -81,7 +81,7 @@ class ImageServerLauncher:
     def _instance(self, i: int, device: str) -> ManagedProcess:
         c = self.config
         argv = [
-            sys.executable, "-m", "llmi_graph.cli", "serve-image",
+            sys.executable, "-m", "servers.cli", "serve-image",
             "--model", c.model, "--mode", c.mode, "--host", c.host, "--port", str(c.base_port + i),
             "--device", "cpu" if device == "cpu" else "cuda", "--dtype", c.dtype, "--max-queue", str(c.max_queue),
         ]  # fmt: skip

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from judges import mllm
 from judges._endpoint import JudgeEndpoint
 from judges.mllm import ImageReadError, MLLMJudge, read_image
-from llmi_graph.cli import app
+from llmi.cli import app
 from llmi_graph.report import write_report
 from llmi_graph.state import Figure, ImageRef
 from llmi_graph.store import ImageStore

@@ -1,0 +1,5 @@
+"""`python -m llmi VERB ...` is `llmi VERB ...`."""
+
+from llmi.cli import main
+
+main()
