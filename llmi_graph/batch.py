@@ -348,6 +348,12 @@ async def run_batch(
     Cancelling the call (Ctrl-C) stops it cleanly: what finished is recorded, what ran is checkpointed."""
     if settings.samples < 1 or settings.concurrency < 1:
         raise BatchError("--samples and --concurrency must be at least 1")
+    if cfg.approval_tools:
+        # a batch has no one to ask: its runs would stop at the interrupt and end without a document
+        raise BatchError(
+            f"approve={cfg.approve!r} (LLMI_APPROVE): a batch cannot wait for a person's approval; unset it for "
+            "llmi batch and llmi eval (approval is for llmi run and LangGraph API clients)"
+        )
     out = settings.out.resolve()
     emit = on_event or (lambda kind, data: None)
     identity = await asyncio.to_thread(_identity, out, items, settings, source)

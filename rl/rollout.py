@@ -70,6 +70,8 @@ class GraphRollout:
             raise ValueError(
                 f"repair_rounds={cfg.repair_rounds}: RL rollouts run without repair (GRPO trains on the first turn)"
             )
+        if cfg.approval_tools:
+            raise ValueError(f"approve={cfg.approve!r} (LLMI_APPROVE): RL rollouts cannot wait for a person; unset it")
         self.rows, self.cfg, self.policy_factory = rows, cfg, policy_factory
         self.toolbox, self.max_concurrency, self.scorer = toolbox, max_concurrency, scorer
         self.times = RolloutTimes()

@@ -153,6 +153,9 @@ async def test_changed_rows_and_foreign_folders_are_refused(cfg, tmp_path):
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(BatchError, match="is not empty and not a batch folder"):
         await run_batch(items(1), BatchSettings(out=foreign), cfg, policy=policy, toolbox=toolbox())
+    with pytest.raises(BatchError, match="cannot wait for a person's approval"):  # no one to ask: refused
+        await run_batch(items(1), BatchSettings(out=tmp_path / "c"), cfg.replace(approve="code"), policy=policy)
+    assert not (tmp_path / "c").exists()
 
 
 async def test_unusable_requests_fail_with_the_reason_and_skips_are_recorded(cfg, tmp_path):

@@ -147,4 +147,6 @@ def test_rl_rollouts_refuse_repair_rounds_they_could_not_train_honestly(cfg):
 
     with pytest.raises(ValueError, match="RL rollouts run without repair"):
         GraphRollout(RowIndex([]), cfg.replace(repair_rounds=1))
+    with pytest.raises(ValueError, match="cannot wait for a person"):
+        GraphRollout(RowIndex([]), cfg.replace(approve="code"))
     GraphRollout(RowIndex([]), cfg)  # no repair: fine
