@@ -38,6 +38,15 @@ async def fresh_toolboxes():
     await close_toolboxes()
 
 
+@pytest.fixture(autouse=True)
+async def no_runs_from_other_tests():
+    """These tests count the process's open runs: close what earlier tests left open by design (a run stopped at an
+    approval interrupt keeps its context for the resume, until an hour idle)."""
+    for key in list(runs._runs):
+        await runs.close_run(key)
+    yield
+
+
 async def test_an_in_process_diffusers_pipeline_loads_once(cfg, tmp_path, monkeypatch):
     from diffusers import DiffusionPipeline
 
