@@ -69,6 +69,10 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 T = TypeVar("T")
 
 
+REPAIR_MAX_TOKENS = 256
+"""The most tokens a repair turn may write: its reply is read for one tag (a chart's code fits with room to spare)."""
+
+
 class PolicyError(RuntimeError):
     """The policy could not produce a draft (endpoint down, timeout, model missing)."""
 
@@ -402,6 +406,8 @@ class _Nodes:
         _, messages, tools = await self.chat(state, cfg)
         messages = [*messages, {"role": "assistant", "content": state.draft}]
         sampling = _sampling(state, cfg)
+        # the reply needs one tag, not a document: cap its length, so a repair turn costs a tag's tokens
+        sampling = dataclasses.replace(sampling, max_tokens=min(sampling.max_tokens, REPAIR_MAX_TOKENS))
         if sampling.seed is not None:  # another round, another sample
             sampling = dataclasses.replace(sampling, seed=sampling.seed + round_)
         policy = await self.policy_for(cfg)

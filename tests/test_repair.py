@@ -8,7 +8,7 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from llmi_graph import ChatModelPolicy, Config, State, Toolbox, build_graph
-from llmi_graph.graph import InputError
+from llmi_graph.graph import REPAIR_MAX_TOKENS, InputError
 from llmi_graph.state import Figure
 from llmi_graph.tags import parse_replacement
 from tests.fakes import FakeBackend
@@ -63,10 +63,12 @@ async def test_a_failed_chart_is_repaired_and_every_attempt_is_kept(cfg, local_c
 
 async def test_the_policy_is_told_the_tag_and_the_reason_as_a_turn_of_its_own(cfg, local_code):
     seen: list = []
+    asked: list = []
 
     class Recording(ChatModelPolicy):
         async def generate(self, messages, sampling, on_token=None):
             seen.append(list(messages))
+            asked.append(sampling)
             return await super().generate(messages, sampling, on_token)
 
     toolbox = Toolbox(backends={"search": None, "diffusion": None, "code": local_code, "edit": None})
@@ -78,6 +80,8 @@ async def test_the_policy_is_told_the_tag_and_the_reason_as_a_turn_of_its_own(cf
     assert second[len(first)] == {"role": "assistant", "content": f"A chat. {BROKEN}".replace("chat", "chart")}
     ask = second[-1]["content"]
     assert second[-1]["role"] == "user" and BROKEN in ask and "AttributeError" in ask and "'code'" in ask
+    # the reply is read for one tag: its length is capped, however long the draft may be
+    assert asked[0].max_tokens == cfg.max_tokens > REPAIR_MAX_TOKENS == asked[1].max_tokens
 
 
 async def test_no_repair_by_default_and_the_rounds_stop_at_the_limit(cfg, local_code):
