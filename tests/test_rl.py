@@ -199,9 +199,10 @@ def test_two_grpo_steps_change_the_adapter_and_resume_continues(tmp_path):
     assert state["global_step"] == 3
     steps = [e["step"] for e in (json.loads(line) for line in open(Path(cfg.output_dir) / "log.jsonl")) if "loss" in e]
     assert steps == [1, 2, 3]
-    assert not torch.equal(
-        lora_weights(Path(cfg.output_dir) / "adapter")[next(iter(weights))], next(iter(weights.values()))
-    )
+    # Step 3 moved the adapter. Not one named tensor: lora_A gets no gradient while lora_B is zero, and a group whose
+    # rewards tie gives no gradient at all; the restored Adam moments still move the weights step 1 or 2 moved.
+    resumed = lora_weights(Path(cfg.output_dir) / "adapter")
+    assert any(not torch.equal(resumed[name], w) for name, w in weights.items())
 
     # The saved adapter is what `llmi run --adapter` serves.
     out = tmp_path / "report"
