@@ -39,11 +39,12 @@ from llmi_graph.toolbox import close_toolboxes
 STAGES = ("single", "candidates", "repair", "enhance", "polish")
 
 
-def stage_config(base: Config, stage: str, k: int, rounds: int) -> Config:
+def stage_config(base: Config, stage: str, k: int, rounds: int, select: str = "rules") -> Config:
     """The operator config of a stage: every stage up to it switched on."""
     upto = STAGES.index(stage)
     return base.replace(
         candidates=k if upto >= 1 else 1,
+        select=select if upto >= 1 else "rules",
         repair_rounds=rounds if upto >= 2 else 0,
         enhance=upto >= 3,
         polish=upto >= 4,
@@ -78,12 +79,14 @@ def opening_options(args: argparse.Namespace, benchmark: str) -> dict[str, Any]:
 async def run_stage(args: argparse.Namespace, benchmark: str, stage: str, seed: int) -> dict[str, Any]:
     out = args.out / benchmark / stage / f"s{seed}"
     base = Config(max_tokens=args.max_tokens, temperature=args.temperature, seed=seed)
-    cfg = stage_config(base, stage, args.candidates, args.repair_rounds)
-    judges = Judges()
+    cfg = stage_config(base, stage, args.candidates, args.repair_rounds, args.select)
+    judges, scorers = Judges(), None
     if args.judge_url:
         from judges._endpoint import JudgeEndpoint
+        from judges.select import selectors_for
 
-        judges = Judges(text=JudgeEndpoint(base_url=args.judge_url, model=args.judge_model))
+        endpoint = JudgeEndpoint(base_url=args.judge_url, model=args.judge_model)
+        judges, scorers = Judges(text=endpoint), selectors_for(endpoint)
     settings = EvalSettings(
         benchmark=benchmark,
         batch=BatchSettings(out=out, concurrency=args.concurrency),
@@ -92,7 +95,7 @@ async def run_stage(args: argparse.Namespace, benchmark: str, stage: str, seed: 
         options=opening_options(args, benchmark),
     )
     started = time.perf_counter()
-    result = await run_eval(settings, cfg)
+    result = await run_eval(settings, cfg, scorers=scorers)
     wall = time.perf_counter() - started
     data = json.loads(result.path.read_text(encoding="utf-8"))
     costs = sample_costs(out)
@@ -136,6 +139,8 @@ async def main() -> None:
     parser.add_argument("--limit", type=int, default=10, help="Items per benchmark.")
     parser.add_argument("--limit-per-subtask", type=int, default=None, help="OpenING: rows per subtask (a sample).")
     parser.add_argument("--candidates", type=int, default=4)
+    parser.add_argument("--select", default="rules", choices=("rules", "judge", "relative"),
+                        help="The candidates' selector; judge and relative need --judge-url.")
     parser.add_argument("--repair-rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.7)
@@ -144,6 +149,8 @@ async def main() -> None:
     parser.add_argument("--judge-model", default="default")
     parser.add_argument("--out", type=Path, default=Path("bench-out/scaling"))
     args = parser.parse_args()
+    if args.select != "rules" and not args.judge_url:
+        parser.error(f"--select {args.select} needs --judge-url")
     report: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "benchmarks": {}}
     try:
         await run_all(args, report)

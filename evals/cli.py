@@ -54,7 +54,10 @@ class EvalOptions:
     edit_server: list[str] | None = field(default=None, metadata={"help": "A Qwen-Image-Edit server (repeatable)."})
     tool_cache: bool = field(default=False, metadata={"help": "Reuse identical tool calls across samples."})
     repair_rounds: int | None = field(default=None, metadata={"help": "Rounds of repair of failed images."})
-    candidates: int | None = field(default=None, metadata={"help": "Drafts per sample; the rules keep one."})
+    candidates: int | None = field(default=None, metadata={"help": "Drafts per sample; --select keeps one."})
+    select: str | None = field(
+        default=None, metadata={"help": "rules (default), judge or relative: the judge is --judge-url's."}
+    )
     enhance: bool = field(default=False, metadata={"help": "Tool-specific enhancement (test-time scaling)."})
     polish: bool = field(default=False, metadata={"help": "Rewrite the text around the final images."})
 
@@ -102,7 +105,9 @@ def _runner(benchmark: str) -> Any:
     def run(options: EvalOptions) -> None:
         from evals.run import EvalSettings, run_eval
         from llmi_graph.batch import BatchSettings
-        from llmi_graph.cli import CliError, _describe_tools, _operator_config, console, run_with_progress
+        from llmi_graph.cli import (
+            CliError, _chooser, _describe_tools, _operator_config, _scorers, console, run_with_progress,
+        )  # fmt: skip
         from llmi_graph.toolbox import toolbox_for
 
         try:
@@ -113,9 +118,14 @@ def _runner(benchmark: str) -> Any:
                 diffusion_backend=options.diffusion_backend, edit_backend=options.edit_backend,
                 code_backend=options.code_backend, image_server=options.image_server,
                 edit_server=options.edit_server, tool_cache=options.tool_cache or None,
-                repair_rounds=options.repair_rounds, candidates=options.candidates,
+                repair_rounds=options.repair_rounds, candidates=options.candidates, select=options.select,
                 enhance=options.enhance or None, polish=options.polish or None,
             )  # fmt: skip
+            judges = _judges(options)
+            # The scaled graph's judges are the evaluation's: the LLM judge selects, the MLLM judge picks searches.
+            text, vision = judges.text, judges.vision
+            scorers = _scorers(cfg.select, text.base_url if text else None, text.model if text else "default")
+            chooser = _chooser(cfg, vision.base_url if vision else None, vision.model if vision else "default")
             settings = EvalSettings(
                 benchmark=benchmark,
                 batch=BatchSettings(
@@ -124,7 +134,7 @@ def _runner(benchmark: str) -> Any:
                     concurrency=options.concurrency,
                     checkpoint_url=options.checkpoint_url,
                 ),
-                judges=_judges(options),
+                judges=judges,
                 source=options.source,
                 limit=options.limit,
                 options=options.load_options(),
@@ -137,8 +147,17 @@ def _runner(benchmark: str) -> Any:
             console.print(
                 "[yellow]no judge configured[/yellow]: rule metrics only; judge metrics will read 'not scored'"
             )
+        if scorers:
+            console.print(
+                f"[yellow]note[/yellow]: --select {cfg.select} and the scores use the same LLM judge, so the scores "
+                "favour the drafts it chose; compare with --select rules, or score with another judge"
+            )
         _describe_tools(cfg, toolbox_for(cfg))
-        raise typer.Exit(run_with_progress(lambda on_event: run_eval(settings, cfg, on_event=on_event)))
+        raise typer.Exit(
+            run_with_progress(
+                lambda on_event: run_eval(settings, cfg, on_event=on_event, scorers=scorers, chooser=chooser)
+            )
+        )
 
     return run
 

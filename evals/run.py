@@ -22,7 +22,7 @@ import importlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,8 +132,11 @@ async def run_eval(
     policy: Policy | None = None,
     toolbox: Toolbox | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    scorers: Mapping[str, Any] | None = None,
+    chooser: Any = None,
 ) -> EvalResult:
-    """Run the benchmark's items as a batch into `settings.batch.out`, then score and aggregate them."""
+    """Run the benchmark's items as a batch into `settings.batch.out`, then score and aggregate them. `scorers` and
+    `chooser` are the scaled graph's judges (`run_batch`)."""
     emit = on_event or (lambda kind, data: None)
     benchmark = get_benchmark(settings.benchmark)
     items = await asyncio.to_thread(benchmark.load, settings.source, limit=settings.limit, **settings.options)  # type: ignore[call-arg]
@@ -152,8 +155,9 @@ async def run_eval(
         for item in items
     ]
     outcome = await run_batch(
-        batch_items, settings.batch, cfg, policy=policy, toolbox=toolbox, source=f"{benchmark.name}", on_event=emit
-    )
+        batch_items, settings.batch, cfg, policy=policy, toolbox=toolbox, source=f"{benchmark.name}", on_event=emit,
+        scorers=scorers, chooser=chooser,
+    )  # fmt: skip
     await asyncio.to_thread(_write_items, out / "items.jsonl", items)
     records = (await asyncio.to_thread(Ledger, out / "results.jsonl")).records
     judges = settings.judges

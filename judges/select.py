@@ -19,7 +19,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from pydantic import BaseModel, Field, create_model
 
 from judges._endpoint import JudgeEndpoint, JudgeResult, ask_for_scores
-from judges.llm import RUBRIC, LLMJudge
+from judges.llm import PROMPT_VERSION, RUBRIC, LLMJudge
 from judges.mllm import image_part
 
 RELATIVE_PROMPT_VERSION = "relative-judge/1"
@@ -45,6 +45,11 @@ class JudgeSelector:
         self.judge = judge
         self.last: list[JudgeResult] = []
 
+    def describe(self) -> dict[str, str]:
+        """What chose the drafts, for a batch's settings.json."""
+        endpoint = self.judge.endpoint
+        return {"selector": "judge", "model": endpoint.model, "url": endpoint.base_url, "prompt": PROMPT_VERSION}
+
     async def score(self, prompt: str, drafts: Sequence[str]) -> list[float]:
         self.last = await self.judge.judge_many([(prompt, d) for d in drafts])
         return [sum(r.scores.values()) / len(r.scores) if r.scores else 0.0 for r in self.last]
@@ -56,6 +61,14 @@ class RelativeSelector:
     def __init__(self, endpoint: JudgeEndpoint):
         self.endpoint = endpoint
         self.last: JudgeResult | None = None
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "selector": "relative",
+            "model": self.endpoint.model,
+            "url": self.endpoint.base_url,
+            "prompt": RELATIVE_PROMPT_VERSION,
+        }
 
     @staticmethod
     def names(k: int) -> list[str]:
@@ -84,6 +97,14 @@ class MLLMImageChooser:
         self.endpoint = endpoint
         self.last: JudgeResult | None = None
 
+    def describe(self) -> dict[str, str]:
+        return {
+            "chooser": "mllm",
+            "model": self.endpoint.model,
+            "url": self.endpoint.base_url,
+            "prompt": CHOOSER_PROMPT_VERSION,
+        }
+
     def messages(self, description: str, images: Sequence[bytes]) -> list:
         parts: list = [{"type": "text", "text": f"The picture should show: {description}"}]
         for i, data in enumerate(images):
@@ -100,3 +121,8 @@ class MLLMImageChooser:
         )
         scores = self.last.scores
         return [scores[n] for n in names] if scores else [0.0] * len(images)
+
+
+def selectors_for(judge: JudgeEndpoint) -> dict[str, JudgeSelector | RelativeSelector]:
+    """The scorers the scaled graph's `judge` and `relative` selectors use, both asking `judge`."""
+    return {"judge": JudgeSelector(LLMJudge(judge)), "relative": RelativeSelector(judge)}

@@ -31,7 +31,7 @@ import math
 import os
 import random
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +97,17 @@ async def _setup_sqlite(saver: Any, attempts: int = 8) -> None:
 class GraphWorker:
     """A Ray actor running samples through its own llmi graph and checkpointer, many at once on one event loop."""
 
-    def __init__(self, cfg: Config, checkpoint_url: str | None, sqlite_path: str):
+    def __init__(
+        self,
+        cfg: Config,
+        checkpoint_url: str | None,
+        sqlite_path: str,
+        scorers: dict[str, Any] | None = None,
+        chooser: Any = None,
+    ):
         self.cfg = cfg
+        self.scorers = scorers  # the scaled graph's judges, pickled to the worker (endpoints are plain data)
+        self.chooser = chooser
         self.checkpoint_url = checkpoint_url
         self.sqlite_path = Path(sqlite_path)
         self._stack = contextlib.AsyncExitStack()
@@ -120,7 +129,9 @@ class GraphWorker:
                     await _setup_sqlite(self._saver)
                 from llmi_graph.scaling import graph_for
 
-                self._graph = graph_for(self.cfg, checkpointer=self._saver)
+                self._graph = graph_for(
+                    self.cfg, checkpointer=self._saver, scorers=self.scorers, chooser=self.chooser
+                )
         return self._graph
 
     async def ready(self) -> None:
@@ -218,7 +229,14 @@ def adopt(state_json: str, images: dict[str, bytes], store: ImageStore) -> State
 
 
 @contextlib.asynccontextmanager
-async def ray_executor(settings: BatchSettings, out: Path, cfg: Config) -> AsyncIterator[RayExecutor]:
+async def ray_executor(
+    settings: BatchSettings,
+    out: Path,
+    cfg: Config,
+    *,
+    scorers: Mapping[str, Any] | None = None,
+    chooser: Any = None,
+) -> AsyncIterator[RayExecutor]:
     """Ray workers for a batch (see the module's docstring), stopped at the end; a `SampleExecutor`."""
     if settings.ray_workers is not None and settings.ray_workers < 1:
         raise BatchError("--ray-workers must be at least 1")
@@ -251,7 +269,9 @@ async def ray_executor(settings: BatchSettings, out: Path, cfg: Config) -> Async
             max_task_retries=_RESTARTS,
             scheduling_strategy="SPREAD",
         )
-        workers = [actor.remote(cfg, settings.checkpoint_url, str(out / "checkpoints.sqlite")) for _ in range(count)]
+        sqlite_path = str(out / "checkpoints.sqlite")
+        judges = dict(scorers) if scorers else None
+        workers = [actor.remote(cfg, settings.checkpoint_url, sqlite_path, judges, chooser) for _ in range(count)]
         try:
             await asyncio.wait_for(asyncio.gather(*(w.ready.remote() for w in workers)), _START_TIMEOUT_S)
         except RayError as exc:

@@ -34,10 +34,10 @@ import statistics
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from llmi_graph._checkpoint import describe, open_checkpointer
 from llmi_graph.config import Config
@@ -47,7 +47,10 @@ from llmi_graph.report import write_report
 from llmi_graph.rows import Row
 from llmi_graph.state import State, cost
 from llmi_graph.tags import SOURCES
-from llmi_graph.toolbox import Toolbox, toolbox_for
+from llmi_graph.toolbox import ImageChooser, Toolbox, toolbox_for
+
+if TYPE_CHECKING:
+    from llmi_graph.scaling import DraftScorer
 
 BATCH_VERSION = 1
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -287,12 +290,20 @@ class LocalExecutor:
 
 @contextlib.asynccontextmanager
 async def local_executor(
-    settings: BatchSettings, out: Path, cfg: Config, policy: Policy | None, toolbox: Toolbox | None
+    settings: BatchSettings,
+    out: Path,
+    cfg: Config,
+    policy: Policy | None,
+    toolbox: Toolbox | None,
+    *,
+    scorers: Mapping[str, DraftScorer] | None = None,
+    chooser: ImageChooser | None = None,
 ) -> AsyncIterator[SampleExecutor]:
     async with open_checkpointer(settings.checkpoint_url, out / "checkpoints.sqlite") as saver:
         from llmi_graph.scaling import graph_for
 
-        yield LocalExecutor(graph_for(cfg, policy, toolbox, checkpointer=saver), saver)
+        graph = graph_for(cfg, policy, toolbox, checkpointer=saver, scorers=scorers, chooser=chooser)
+        yield LocalExecutor(graph, saver)
 
 
 def _record(sample: BatchSample, state: State | None, status: str, reason: str | None, wall_s: float) -> dict[str, Any]:
@@ -341,13 +352,22 @@ async def run_batch(
     toolbox: Toolbox | None = None,
     source: str | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    scorers: Mapping[str, DraftScorer] | None = None,
+    chooser: ImageChooser | None = None,
 ) -> BatchOutcome:
     """Run every item `settings.samples` times into `settings.out`, resuming what an earlier run left.
 
+    `scorers` and `chooser` are the scaled graph's judges (`build_scaled_graph`): a judge selector (`cfg.select`)
+    needs its scorer, passed in by the app that composes the batch (`llmi batch`, `llmi eval`).
     `on_event(kind, data)` sees "start" (total, pending), "finished" (the record) and "policy_error" (the reason).
     Cancelling the call (Ctrl-C) stops it cleanly: what finished is recorded, what ran is checkpointed."""
     if settings.samples < 1 or settings.concurrency < 1:
         raise BatchError("--samples and --concurrency must be at least 1")
+    if cfg.select != "rules" and cfg.select not in (scorers or {}):
+        raise BatchError(
+            f"select={cfg.select!r}: the {cfg.select} selector needs a judge, and none was passed in "
+            "(llmi batch / llmi eval: --judge-url, or LLMI_JUDGE_URL)"
+        )
     if cfg.approval_tools:
         # a batch has no one to ask: its runs would stop at the interrupt and end without a document
         raise BatchError(
@@ -368,7 +388,7 @@ async def run_batch(
     outcome = BatchOutcome(total=len(all_samples), done_before=len(all_samples) - len(todo))
     started = time.perf_counter()
     emit("start", {"total": outcome.total, "pending": len(todo), "done_before": outcome.done_before})
-    await asyncio.to_thread(_write_settings, out, settings, cfg, toolbox)
+    await asyncio.to_thread(_write_settings, out, settings, cfg, toolbox, scorers, chooser)
 
     async def finish(sample: BatchSample, state: State | None, status: str, reason: str | None, wall: float) -> None:
         record = _record(sample, state, status, reason, wall)
@@ -386,9 +406,9 @@ async def run_batch(
             raise BatchError("with --ray-address the workers build their policy and tools from the config: pass none")
         from llmi_graph._ray import ray_executor
 
-        executor_context = ray_executor(settings, out, cfg)
+        executor_context = ray_executor(settings, out, cfg, scorers=scorers, chooser=chooser)
     else:
-        executor_context = local_executor(settings, out, cfg, policy, toolbox)
+        executor_context = local_executor(settings, out, cfg, policy, toolbox, scorers=scorers, chooser=chooser)
 
     async def forget_finished(executor: SampleExecutor) -> None:
         """A kill between recording a sample and forgetting its checkpoints leaves them behind, and a finished sample
@@ -455,7 +475,20 @@ async def run_batch(
 # --- summary.json and index.html -----------------------------------------------------------------------
 
 
-def _write_settings(out: Path, settings: BatchSettings, cfg: Config, toolbox: Toolbox | None) -> None:
+def _describe(judge: Any) -> Any:
+    """A judge passed in (scorer or chooser), as settings.json records it: its own description, else its type."""
+    describe = getattr(judge, "describe", None)
+    return describe() if callable(describe) else type(judge).__name__
+
+
+def _write_settings(
+    out: Path,
+    settings: BatchSettings,
+    cfg: Config,
+    toolbox: Toolbox | None,
+    scorers: Mapping[str, DraftScorer] | None = None,
+    chooser: ImageChooser | None = None,
+) -> None:
     box = toolbox or toolbox_for(cfg)
     backends = {s: getattr(box.backend(s), "name", None) for s in SOURCES}
     data = {
@@ -471,6 +504,15 @@ def _write_settings(out: Path, settings: BatchSettings, cfg: Config, toolbox: To
             },
         },
         "backends": backends,
+        "scaling": {
+            "candidates": cfg.candidates,
+            "select": cfg.select,
+            "selector": _describe(scorers[cfg.select]) if cfg.select in (scorers or {}) else None,
+            "repair_rounds": cfg.repair_rounds,
+            "enhance": cfg.enhance,
+            "search_chooser": _describe(chooser) if chooser is not None else None,
+            "polish": cfg.polish,
+        },
         "samples": settings.samples,
         "concurrency": settings.concurrency,
         "checkpoints": describe(settings.checkpoint_url, out / "checkpoints.sqlite"),

@@ -55,6 +55,18 @@ ImageServerOption = Annotated[
 EditServerOption = Annotated[
     list[str] | None, typer.Option(help="A Qwen-Image-Edit server URL for edits (repeatable).")
 ]
+SelectOption = Annotated[
+    str | None, typer.Option(help="How to choose among the candidates: rules (default), judge or relative.")
+]
+JudgeUrlOption = Annotated[
+    str | None, typer.Option(envvar="LLMI_JUDGE_URL", help="LLM judge base URL (for --select judge/relative).")
+]
+JudgeModelOption = Annotated[str, typer.Option(envvar="LLMI_JUDGE_MODEL", help="LLM judge model.")]
+MllmUrlOption = Annotated[
+    str | None,
+    typer.Option(envvar="LLMI_MLLM_JUDGE_URL", help="Multimodal judge URL: with --enhance, it picks search results."),
+]
+MllmModelOption = Annotated[str, typer.Option(envvar="LLMI_MLLM_JUDGE_MODEL", help="Multimodal judge model.")]
 
 
 @app.command()
@@ -79,28 +91,17 @@ def run(
     candidates: Annotated[
         int | None, typer.Option(min=1, help="Sample this many drafts and keep the best (test-time scaling).")
     ] = None,
-    select: Annotated[
-        str | None, typer.Option(help="How to choose among the candidates: rules (default), judge or relative.")
-    ] = None,
+    select: SelectOption = None,
     enhance: Annotated[
         bool | None, typer.Option("--enhance/--no-enhance", help="Tool-specific enhancement (detailed prompts, ...).")
     ] = None,
     polish: Annotated[
         bool | None, typer.Option("--polish/--no-polish", help="Rewrite the text around the final images.")
     ] = None,
-    judge_url: Annotated[
-        str | None, typer.Option(envvar="LLMI_JUDGE_URL", help="LLM judge base URL (for --select judge/relative).")
-    ] = None,
-    judge_model: Annotated[str, typer.Option(envvar="LLMI_JUDGE_MODEL", help="LLM judge model.")] = "default",
-    mllm_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="LLMI_MLLM_JUDGE_URL", help="Multimodal judge URL: with --enhance, it picks search results."
-        ),
-    ] = None,
-    mllm_model: Annotated[
-        str, typer.Option(envvar="LLMI_MLLM_JUDGE_MODEL", help="Multimodal judge model.")
-    ] = "default",
+    judge_url: JudgeUrlOption = None,
+    judge_model: JudgeModelOption = "default",
+    mllm_url: MllmUrlOption = None,
+    mllm_model: MllmModelOption = "default",
     image_num: Annotated[int, typer.Option(help="Expected images: -1 none, 0 any, 99 at least one, N exactly N.")] = 0,
     tools: Annotated[
         str | None, typer.Option(help=f"Comma-separated tools this request may use ({','.join(SOURCES)}).")
@@ -191,11 +192,9 @@ def _scorers(select: str, judge_url: str | None, judge_model: str) -> dict[str, 
     if not judge_url:
         raise CliError(f"--select {select} needs a judge: --judge-url (or LLMI_JUDGE_URL)")
     from judges._endpoint import JudgeEndpoint
-    from judges.llm import LLMJudge
-    from judges.select import JudgeSelector, RelativeSelector
+    from judges.select import selectors_for
 
-    endpoint = JudgeEndpoint(base_url=judge_url, model=judge_model)
-    return {"judge": JudgeSelector(LLMJudge(endpoint)), "relative": RelativeSelector(endpoint)}
+    return selectors_for(JudgeEndpoint(base_url=judge_url, model=judge_model))
 
 
 def _request(
@@ -431,12 +430,17 @@ def batch(
         int | None, typer.Option(min=0, help="Rounds of repair: failed images go back to the policy with the reason.")
     ] = None,
     candidates: Annotated[
-        int | None, typer.Option(min=1, help="Drafts sampled per sample; the rules keep one.")
+        int | None, typer.Option(min=1, help="Drafts sampled per sample; --select keeps one.")
     ] = None,
+    select: SelectOption = None,
     enhance: Annotated[bool | None, typer.Option("--enhance/--no-enhance", help="Tool-specific enhancement.")] = None,
     polish: Annotated[
         bool | None, typer.Option("--polish/--no-polish", help="Rewrite the text around the images.")
     ] = None,
+    judge_url: JudgeUrlOption = None,
+    judge_model: JudgeModelOption = "default",
+    mllm_url: MllmUrlOption = None,
+    mllm_model: MllmModelOption = "default",
 ) -> None:
     """Run every row of DATA (SAMPLES times each) into OUT: durable, resumable, one report per sample."""
     from llmi_graph.batch import BatchError, BatchSettings, rows_to_items
@@ -448,8 +452,10 @@ def batch(
             seed=seed, cache_dir=cache_dir, search_backend=search_backend, library=library,
             diffusion_backend=diffusion_backend, edit_backend=edit_backend, code_backend=code_backend,
             image_server=image_server, edit_server=edit_server, tool_cache=tool_cache,
-            repair_rounds=repair_rounds, candidates=candidates, enhance=enhance, polish=polish,
+            repair_rounds=repair_rounds, candidates=candidates, select=select, enhance=enhance, polish=polish,
         )  # fmt: skip
+        scorers = _scorers(cfg.select, judge_url, judge_model)
+        chooser = _chooser(cfg, mllm_url, mllm_model)
         rows = load_rows(data)[:limit] if limit is not None else load_rows(data)
         items = rows_to_items(rows)
         settings = BatchSettings(
@@ -460,7 +466,7 @@ def batch(
         console.print(f"[red]error:[/red] {exc if isinstance(exc, CliError) else escape(str(exc))}")
         raise typer.Exit(2) from None
     _describe_tools(cfg, toolbox_for(cfg))
-    code = run_batch_with_progress(items, settings, cfg, source=str(data.resolve()))
+    code = run_batch_with_progress(items, settings, cfg, source=str(data.resolve()), scorers=scorers, chooser=chooser)
     raise typer.Exit(code)
 
 
@@ -506,11 +512,12 @@ def _operator_config(
     candidates: int | None = None,
     enhance: bool | None = None,
     polish: bool | None = None,
+    select: str | None = None,
 ) -> Config:
-    """The operator config of a batch or an evaluation: the environment's, with the command line's options. Test-time
-    scaling here selects by rules (`--candidates`); judge selection is `llmi run`'s (`--select judge`)."""
+    """The operator config of a batch or an evaluation: the environment's, with the command line's options. A judge
+    selector (`select`) needs its scorers too: `_scorers`, passed to the batch with the config."""
     cfg = Config.from_env(
-        repair_rounds=repair_rounds, candidates=candidates, enhance=enhance, polish=polish,
+        repair_rounds=repair_rounds, candidates=candidates, select=select, enhance=enhance, polish=polish,
         policy_url=policy_url, policy_model=model, adapter=adapter, max_tokens=max_tokens, temperature=temperature,
         seed=seed, cache_dir=cache_dir, search_backend=search_backend, search_library_dir=library,
         diffusion_backend=diffusion_backend, edit_backend=edit_backend, code_backend=code_backend,
@@ -518,16 +525,26 @@ def _operator_config(
         edit_server_urls=",".join(edit_server) if edit_server else None, tool_cache=tool_cache,
     )  # fmt: skip
     _check_adapter(adapter, policy_url, cfg)
-    if cfg.select != "rules":
-        raise CliError(f"LLMI_SELECT={cfg.select}: batches and evaluations select by rules; `llmi run` takes judges")
     return cfg
 
 
-def run_batch_with_progress(items: list[Any], settings: Any, cfg: Config, *, source: str | None = None) -> int:
+def run_batch_with_progress(
+    items: list[Any],
+    settings: Any,
+    cfg: Config,
+    *,
+    source: str | None = None,
+    scorers: dict[str, Any] | None = None,
+    chooser: Any = None,
+) -> int:
     """Run a batch with a live progress bar (a line per sample when not on a terminal); the exit status."""
     from llmi_graph.batch import run_batch
 
-    return run_with_progress(lambda on_event: run_batch(items, settings, cfg, source=source, on_event=on_event))
+    return run_with_progress(
+        lambda on_event: run_batch(
+            items, settings, cfg, source=source, on_event=on_event, scorers=scorers, chooser=chooser
+        )
+    )
 
 
 def run_with_progress(run: Any) -> int:
