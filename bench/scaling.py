@@ -139,8 +139,12 @@ async def main() -> None:
     parser.add_argument("--limit", type=int, default=10, help="Items per benchmark.")
     parser.add_argument("--limit-per-subtask", type=int, default=None, help="OpenING: rows per subtask (a sample).")
     parser.add_argument("--candidates", type=int, default=4)
-    parser.add_argument("--select", default="rules", choices=("rules", "judge", "relative"),
-                        help="The candidates' selector; judge and relative need --judge-url.")
+    parser.add_argument(
+        "--select",
+        default="rules",
+        choices=("rules", "judge", "relative"),
+        help="The candidates' selector; judge and relative need --judge-url.",
+    )
     parser.add_argument("--repair-rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.7)

@@ -106,7 +106,13 @@ def _runner(benchmark: str) -> Any:
         from evals.run import EvalSettings, run_eval
         from llmi_graph.batch import BatchSettings
         from llmi_graph.cli import (
-            CliError, _chooser, _describe_tools, _operator_config, _scorers, console, run_with_progress,
+            CliError,
+            _chooser,
+            _describe_tools,
+            _operator_config,
+            _scorers,
+            console,
+            run_with_progress,
         )  # fmt: skip
         from llmi_graph.toolbox import toolbox_for
 

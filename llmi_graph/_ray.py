@@ -129,9 +129,7 @@ class GraphWorker:
                     await _setup_sqlite(self._saver)
                 from llmi_graph.scaling import graph_for
 
-                self._graph = graph_for(
-                    self.cfg, checkpointer=self._saver, scorers=self.scorers, chooser=self.chooser
-                )
+                self._graph = graph_for(self.cfg, checkpointer=self._saver, scorers=self.scorers, chooser=self.chooser)
         return self._graph
 
     async def ready(self) -> None:

@@ -182,3 +182,23 @@ def test_llmi_batch_with_a_local_ray_instance_completes_and_resumes(tmp_path):
     assert Counter(r["sample_id"] for r in records) == {f"row-{i:05d}--s{k}": 1 for i in range(3) for k in range(2)}
     assert all(r["status"] == "ok" and r["images_ok"] == 1 for r in records)
     assert "6 already finished" in second.stdout + second.stderr and sum(seen.values()) == 6
+
+
+@pytest.mark.slow
+async def test_ray_workers_select_with_the_judge_the_driver_passed_in(cfg, tmp_path, ray_local):
+    """The relative selector is pickled to the workers, which ask the (fake) judge and keep the draft it ranks first."""
+    from judges._endpoint import JudgeEndpoint
+    from judges.select import selectors_for
+
+    ranking = json.dumps({"answer_1": 1, "answer_2": 8, "explanation": "the second answers"})
+    with FakeOpenAIServer(["Short.", "The full answer."] * 4) as policy, FakeOpenAIServer([ranking] * 4) as judge:
+        cfg = cfg.replace(policy_url=policy.url, policy_model="fake", candidates=2, select="relative")
+        scorers = selectors_for(JudgeEndpoint(base_url=judge.url, model="fake-judge"))
+        rows = [BatchItem(row_id=f"r{i}", request={"prompt": f"topic {i}", "image_num": -1}) for i in range(2)]
+        settings = BatchSettings(out=tmp_path / "ray", concurrency=2, ray_address="local", ray_workers=1)
+        outcome = await run_batch(rows, settings, cfg, scorers=scorers)
+        assert (outcome.finished, outcome.ok) == (2, 2) and len(judge.requests) == 2
+    for r in lines(tmp_path / "ray"):
+        trajectory = json.loads((tmp_path / "ray" / r["report"]).with_name("trajectory.json").read_text())
+        assert (trajectory["selector"], trajectory["selected"]) == ("relative", 1)
+        assert trajectory["draft"] == "The full answer."
