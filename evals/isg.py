@@ -56,7 +56,7 @@ from llmi_graph.tags import TextSegment
 
 DATA_ENV = "LLMI_ISG_DIR"
 DATA_FILES = ("ISG-Bench.jsonl", "task_few_shot.json")
-PROMPT_VERSION = "isg-holistic/1"
+PROMPT_VERSION = "isg-holistic/2"  # 2: failed slots numbered as the report numbers figures
 IMAGE_NUM = 99
 NO_JUDGE = "no multimodal judge configured"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".PNG", ".JPG", ".JPEG")

@@ -54,7 +54,7 @@ DATA_ENV = "LLMI_OPENING_DIR"
 DATA_FILE = "test_data.jsonl"
 REFERENCE_FILES = ("model_score_summaries_gpt_score.csv", "model_score_summaries.csv")
 REFERENCE_JUDGE = "GPT-4o, by the OpenING authors"
-PROMPT_VERSION = "opening-judge/1"
+PROMPT_VERSION = "opening-judge/2"  # 2: failed slots numbered as the report numbers figures
 IMAGE_NUM = 99
 NO_JUDGE = "no multimodal judge configured"
 

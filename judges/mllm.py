@@ -23,7 +23,7 @@ from llmi_graph.state import Figure, ImageRef, State
 from llmi_graph.store import InvalidImageError, inspect_image
 from llmi_graph.tags import TextSegment
 
-PROMPT_VERSION = "mllm-judge/1"
+PROMPT_VERSION = "mllm-judge/2"  # 2: failed slots are "Figure N" in reading order, as in the report
 MAX_SIDE = 768
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 
@@ -110,14 +110,18 @@ def image_part(data: bytes) -> dict[str, Any]:
 def document_parts(
     document: Sequence[TextSegment | Figure], image_roots: Sequence[str | os.PathLike[str]] | None = None
 ) -> list[dict[str, Any]]:
-    """The document as ordered content parts: text, images, and a note for each failed slot.
+    """The document as ordered content parts: text, images, and a note for each failed slot (numbered as the report
+    numbers its figures, so a judge's explanation and the report agree).
 
     Images are read with `read_image` from `image_roots` (default: the configured image store); an image that
     cannot be read raises `ImageReadError`, since judging the document without it would be unfair.
     """
     roots = default_image_roots() if image_roots is None else image_roots
     parts: list[dict[str, Any]] = []
+    number = 0  # the figure's number as the report gives it: 1, 2, ... in reading order
     for item in document:
+        if not isinstance(item, TextSegment):
+            number += 1
         if isinstance(item, TextSegment):
             if item.text.strip():
                 parts.append({"type": "text", "text": item.text})
@@ -131,7 +135,7 @@ def document_parts(
             except (InvalidImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
                 raise ImageReadError(f"image {item.index}: {item.image.path} is not a usable image ({exc})") from None
         else:
-            parts.append({"type": "text", "text": f"[Image {item.index} could not be made: {item.error}]"})
+            parts.append({"type": "text", "text": f"[Figure {number} could not be made: {item.error}]"})
     return parts
 
 

@@ -20,7 +20,7 @@ from judges.mllm import ImageReadError, document_parts
 from llmi_graph.state import Figure
 from llmi_graph.tags import TextSegment
 
-PROMPT_VERSION = "rubric-judge/1"
+PROMPT_VERSION = "rubric-judge/2"  # 2: failed slots numbered as the report numbers figures
 
 RUBRIC = """You check one criterion of a benchmark item. You see the user's request, the document that was made
 for it (text and images in reading order; notes mark images that could not be made) and one criterion.

@@ -16,4 +16,4 @@ def train(ctx: typer.Context) -> None:
     """Train the policy with GRPO (TRL) on trajectories from the graph; `llmi train --help` lists the options."""
     from rl.train import main
 
-    main(ctx.args)
+    main(ctx.args, prog="llmi train")

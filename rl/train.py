@@ -35,11 +35,15 @@ from rl.rewards import RewardSuite
 from rl.rollout import AdapterSync, GraphRollout, server_policy, trainer_policy
 
 
-def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """The command line, from `TrainConfig` (every field an option, its help line the help)."""
+def parse_config(argv: list[str] | None = None, prog: str | None = None) -> TrainConfig:
+    """The command line, from `TrainConfig` (every field an option, its help line the help); `prog` names the
+    command in usage lines and errors (`llmi train`; by default, the script's name)."""
     from transformers import HfArgumentParser
 
-    (config,) = HfArgumentParser(TrainConfig).parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser(TrainConfig, prog=prog)
+    config, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:  # argparse's own way: usage, the error, exit 2 (HfArgumentParser would raise a ValueError)
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     return config
 
 
@@ -310,8 +314,8 @@ def train(cfg: TrainConfig) -> Path:
     return adapter
 
 
-def main(argv: list[str] | None = None) -> None:
-    cfg = parse_config(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    cfg = parse_config(argv, prog)
     try:
         adapter = train(cfg)
     except (FileNotFoundError, ValueError) as exc:

@@ -110,10 +110,10 @@ async def test_hybrid_reward_from_both_judges(tmp_path):
     assert [score.metrics[k] for k in ("mllm_quality", "mllm_task", "mllm_text_image")] == [4.0, 4.0, 4.0]
     assert score.judged_by["hybrid"] == {
         "model": "text-judge + vision-judge",
-        "prompt_version": "llm-judge/1 + mllm-judge/1",
+        "prompt_version": "llm-judge/1 + mllm-judge/2",
     }
     assert score.judged_by["llm_text"] == {"model": "text-judge", "prompt_version": "llm-judge/1"}
-    assert score.judged_by["mllm_task"] == {"model": "vision-judge", "prompt_version": "mllm-judge/1"}
+    assert score.judged_by["mllm_task"] == {"model": "vision-judge", "prompt_version": "mllm-judge/2"}
     assert score.details["hybrid"]["llm"] == pytest.approx(0.675)
     parts = vision.requests[0]["messages"][1]["content"]
     assert sum(p["type"] == "image_url" for p in parts) == 2  # the multimodal judge saw both charts

@@ -196,7 +196,7 @@ async def test_failed_slots_are_shown_to_the_judge_and_a_bad_answer_is_not_score
     with FakeOpenAIServer(["I would rather not grade this."]) as server:
         score = await bench.score(story_item(), state, judges_at(server.url, [tmp_path], attempts=1))
     parts = server.requests[0]["messages"][1]["content"]
-    assert parts[-2]["text"] == "[Image 1 could not be made: no results]"
+    assert parts[-2]["text"] == "[Figure 2 could not be made: no results]"
     for name in [*CRITERIA, "overall"]:
         assert score.metrics[name] is None and score.reasons[name].startswith("no score: no valid correctness")
         assert score.judged_by[name]["prompt_version"] == PROMPT_VERSION

@@ -221,7 +221,7 @@ async def test_rubric_from_the_multimodal_judge_with_per_criterion_details(tmp_p
         judges = Judges(vision=endpoint(server.url, attempts=1, concurrency=1), image_roots=[tmp_path / "store"])
         score = await bench.score(item(REQUIRED, criteria), state, judges)
     assert score.metrics["rubric"] == pytest.approx(10 * 3 / 4)  # (2 + 1) / (2 x 2 scored), reported 0-10
-    assert score.judged_by["rubric"] == {"model": "vision-judge", "prompt_version": "rubric-judge/1"}
+    assert score.judged_by["rubric"] == {"model": "vision-judge", "prompt_version": "rubric-judge/2"}
     details = score.details["rubric"]
     assert [c["score"] for c in details["criteria"]] == [2, 1, None]
     assert details["criteria"][0]["justification"] == "A line chart."
@@ -252,13 +252,13 @@ def test_aggregate_over_rubric_scores():
         s.set("rubric", rubric, NO_VISION_JUDGE)
         s.set("tool_accuracy", accuracy)
         if rubric is not None:
-            s.judged_by["rubric"] = {"model": "vision-judge", "prompt_version": "rubric-judge/1"}
+            s.judged_by["rubric"] = {"model": "vision-judge", "prompt_version": "rubric-judge/2"}
         scores.append(s)
     summary = aggregate(METRICS, scores)
     rubric = summary["rubric"]
     assert (rubric.mean, rubric.n, rubric.not_scored) == (6.25, 2, 1)
     assert rubric.stderr == pytest.approx(1.25) and rubric.reasons == {NO_VISION_JUDGE: 1}
-    assert rubric.judge and rubric.judged_by == [{"model": "vision-judge", "prompt_version": "rubric-judge/1"}]
+    assert rubric.judge and rubric.judged_by == [{"model": "vision-judge", "prompt_version": "rubric-judge/2"}]
     accuracy = summary["tool_accuracy"]
     assert (accuracy.mean, accuracy.n, accuracy.not_scored, accuracy.judge) == (0.5, 3, 0, False)
     assert summary["images_made"].n == 0 and summary["images_made"].mean is None

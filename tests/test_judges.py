@@ -218,7 +218,7 @@ async def test_mllm_judge_sends_the_document_in_order(cfg):
     assert [k for k, _ in kinds[1:]] == ["text", "image_url", "text", "text", "text", "text"]
     assert parts[1]["text"] == "Intro text.\n" and parts[3]["text"] == "\nMiddle.\n"
     assert parts[2]["image_url"]["url"].startswith("data:image/png;base64,")
-    assert parts[4]["text"] == "[Image 1 could not be made: no results]"
+    assert parts[4]["text"] == "[Figure 2 could not be made: no results]"
 
 
 async def test_rubric_judge_sums_scored_criteria_and_reports_the_rest():

@@ -85,6 +85,16 @@ def test_each_verb_help_line_is_the_commands_own():
         assert own == verb.help, name
 
 
+def test_each_verb_names_itself_in_usage_and_refuses_unknown_options_with_exit_2():
+    for name in ("run", "batch", "eval", "train"):
+        out = subprocess.run(
+            [sys.executable, "-m", "llmi", name, "--no-such-option"], capture_output=True, text=True, cwd=ROOT
+        )
+        said = out.stdout + out.stderr
+        assert out.returncode == 2 and "Traceback" not in said, (name, said[-1500:])
+        assert f"llmi {name}" in said and "no-such-option" in said, (name, said[-1500:])
+
+
 def test_the_graph_does_not_import_the_packages_above_it():
     loaded = _modules_after("import llmi_graph, llmi_graph.cli")
     assert not loaded & {"llmi", "servers", "judges", "evals", "rl", *HEAVY}
