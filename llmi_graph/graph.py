@@ -241,7 +241,11 @@ class _Nodes:
         """Send the calls to their tools; when the operator wants some of them approved, hand them all to `approve`
         (which sends them once a person has decided)."""
         tools = self.tools(state, cfg) if cfg.approval_tools else []
-        if any(_asks(send.arg, cfg, tools) for send in sends):
+        asked = [send.arg.call for send in sends if _asks(send.arg, cfg, tools)]
+        if asked:
+            emit = get_stream_writer()
+            for call in asked:  # here, not in `approve`: that node runs again on every resume
+                emit({"event": "tool", "index": call.index, "source": call.source, "status": "awaiting approval"})
             held = [send.arg.call.index for send in sends]
             return Command(update={**update, "awaiting_approval": held}, goto="approve")
         return Command(update=update, goto=sends or "review")
@@ -263,8 +267,6 @@ class _Nodes:
         tools = self.tools(state, cfg)
         asked = [t.call for t in tasks if _asks(t, cfg, tools)]
         emit = get_stream_writer()
-        for call in asked:
-            emit({"event": "tool", "index": call.index, "source": call.source, "status": "awaiting approval"})
         total, inputs = len(state.input_images) + len(state.calls), len(state.input_images)
         error: str | None = None
         while True:  # each pass that finds a problem interrupts again; the node re-runs with every answer so far

@@ -173,6 +173,24 @@ async def test_a_bad_answer_changes_nothing_and_asks_again_with_the_reason(cfg, 
     assert [a.decision for a in state.approvals] == ["approve", "approve"]
 
 
+async def test_each_call_is_announced_awaiting_approval_once_however_often_the_run_resumes(cfg, local_code):
+    draft = f"{tag('code', 'bars', code=BARS)} {tag('code', 'line', code=LINE)}"
+    graph, thread = approving([draft], cfg, code=local_code)
+    statuses: list[tuple[int, str]] = []
+
+    async def stream(value: object) -> None:
+        async for event in graph.astream(value, thread, stream_mode="custom"):
+            if event.get("event") == "tool":
+                statuses.append((event["index"], event["status"]))
+
+    await stream({"prompt": "Chart it"})
+    await stream(Command(resume="maybe"))  # a bad answer: asked again
+    await stream(Command(resume="approve"))
+    waits = [index for index, status in statuses if status == "awaiting approval"]
+    assert waits == [0, 1], statuses
+    assert sorted(index for index, status in statuses if status == "ok") == [0, 1]
+
+
 async def test_the_calls_a_repair_round_writes_are_asked_about_too(cfg, local_code):
     fixed = tag("code", "sales", code=LINE)
     graph, thread = approving([f"Sales.\n{tag('code', 'sales', code=BROKEN)}", f"Fixed: {fixed}"], cfg, code=local_code)
