@@ -10,7 +10,8 @@ Stages, each adding to the one before (`llmi_graph.scaling`):
 For each benchmark, stage and seed it runs `evals.run.run_eval` into OUT/<benchmark>/<stage>/s<seed> (a rerun
 resumes, and reuses what finished), then prints per stage the rule metrics (mean over seeds, with the spread:
 min-max of the seeds' means), the judge metrics (or "not scored": no judge, no number), and the cost per sample
-(policy turns and tokens, tool calls, wall seconds) from each sample's trajectory. Everything is written to
+(policy turns and tokens, tool calls, wall seconds) and what the stages did (repair turns, slots they repaired,
+polish rewrites used) from each sample's trajectory. Everything is written to
 OUT/scaling.json. On CPU the embedded 135M policy is weak: read the rule metrics for what each stage buys.
 
 Run: .venv/bin/python bench/scaling.py --benchmarks rubric indomain --limit 10 --seeds 0 1 [--candidates 4]
@@ -58,13 +59,20 @@ def sample_costs(folder: Path) -> list[dict[str, float]]:
         record = json.loads(line)
         if record["status"] != "ok":
             continue
-        summary = json.loads((folder / "samples" / record["sample_id"] / "trajectory.json").read_text())["summary"]
+        trajectory = json.loads((folder / "samples" / record["sample_id"] / "trajectory.json").read_text())
+        summary = trajectory["summary"]
+        polish = trajectory.get("polish") or {}
         costs.append(
             {
                 "policy_turns": summary["policy_turns"],
                 "policy_tokens": summary["policy_tokens"],
                 "tool_calls": summary["tool_calls"],
                 "failed_slots": summary["images_failed"],
+                # what the stages themselves did, read from this run's own record (not the difference of two runs,
+                # which each draw their drafts anew): repair turns asked, slots they fixed, polish rewrites used
+                "repair_turns": len(trajectory.get("repairs") or []),
+                "repaired": summary.get("repaired") or 0,
+                "polish_applied": float(bool(polish.get("applied"))),
                 "wall_s": record["wall_s"],
             }
         )
