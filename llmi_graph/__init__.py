@@ -1,5 +1,6 @@
 """llmi: LLM-I on LangGraph. A policy LLM writes text with `<imgen>` tags; four tools fill the image slots."""
 
+from llmi_graph._checkpoint import serializer as checkpoint_serializer
 from llmi_graph.config import Config
 from llmi_graph.embed import as_node, as_tool
 from llmi_graph.graph import InputError, PolicyError, build_graph, image_store
@@ -35,6 +36,7 @@ __all__ = [
     "as_node",
     "as_tool",
     "build_graph",
+    "checkpoint_serializer",
     "close_toolboxes",
     "data_url",
     "image_store",

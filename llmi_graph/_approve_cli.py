@@ -20,16 +20,14 @@ from typing import Any
 
 import click
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.types import Command
-from pydantic import BaseModel
 from rich.console import Console
 from rich.panel import Panel
 from rich.prompt import Prompt
 from rich.syntax import Syntax
 from rich.text import Text
 
-from llmi_graph import checks, state, tags
+from llmi_graph._checkpoint import serializer
 from llmi_graph.config import Config
 
 MAIN_PARAM = {"code": "code", "search": "query", "diffusion": "prompt", "edit": "prompt"}
@@ -153,13 +151,7 @@ def _edit(call: Mapping[str, Any], console: Console) -> dict[str, Any] | None:
 def _checkpointer() -> InMemorySaver:
     """Checkpoints for one run in this process, whose serializer knows the types the state holds (so it restores
     them without LangGraph's warning about unregistered types)."""
-    known = [
-        (module.__name__, name)
-        for module in (checks, state, tags)
-        for name, value in vars(module).items()
-        if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == module.__name__
-    ]
-    return InMemorySaver(serde=JsonPlusSerializer(allowed_msgpack_modules=known))
+    return InMemorySaver(serde=serializer())
 
 
 @contextlib.contextmanager

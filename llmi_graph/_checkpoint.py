@@ -30,6 +30,24 @@ def describe(url: str | None, default_path: Path) -> str:
     return parts._replace(netloc=netloc, query=query).geturl()
 
 
+def serializer() -> Any:
+    """LangGraph's checkpoint serializer, told which of our types the state holds: it restores them without the
+    "Deserializing unregistered type" warning, and refuses any other non-builtin type a checkpoint may name (what
+    LangGraph's strict mode, `LANGGRAPH_STRICT_MSGPACK`, will make the default)."""
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+    from pydantic import BaseModel
+
+    from llmi_graph import checks, scaling, state, tags
+
+    known = [
+        (module.__name__, name)
+        for module in (checks, scaling, state, tags)
+        for name, value in vars(module).items()
+        if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == module.__name__
+    ]
+    return JsonPlusSerializer(allowed_msgpack_modules=known)
+
+
 @contextlib.asynccontextmanager
 async def open_checkpointer(url: str | None, default_path: Path) -> AsyncIterator[Any]:
     """An async LangGraph checkpointer: `AsyncSqliteSaver` on `default_path` (url None, or `sqlite:PATH`), or
@@ -41,8 +59,10 @@ async def open_checkpointer(url: str | None, default_path: Path) -> AsyncIterato
         except ImportError as exc:
             raise RuntimeError("checkpoints need `pip install langgraph-checkpoint-sqlite`") from exc
         path.parent.mkdir(parents=True, exist_ok=True)
-        async with AsyncSqliteSaver.from_conn_string(str(path)) as saver:
-            yield saver
+        import aiosqlite
+
+        async with aiosqlite.connect(str(path)) as conn:  # AsyncSqliteSaver.from_conn_string, with our serializer
+            yield AsyncSqliteSaver(conn, serde=serializer())
         return
     if url.startswith(("postgresql://", "postgres://")):
         require("batch", "langgraph.checkpoint.postgres", "psycopg", what="a postgresql:// checkpoint URL")
@@ -51,7 +71,7 @@ async def open_checkpointer(url: str | None, default_path: Path) -> AsyncIterato
 
         async with contextlib.AsyncExitStack() as stack:
             try:
-                saver = await stack.enter_async_context(AsyncPostgresSaver.from_conn_string(url))
+                saver = await stack.enter_async_context(AsyncPostgresSaver.from_conn_string(url, serde=serializer()))
             except OperationalError as exc:
                 raise RuntimeError(
                     f"cannot open the checkpoint database {describe(url, default_path)}: {exc}"

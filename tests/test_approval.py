@@ -17,7 +17,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.types import Command
 from langgraph_sdk import get_client
 
-from llmi_graph import ChatModelPolicy, Config, State, Toolbox, build_graph
+from llmi_graph import ChatModelPolicy, Config, State, Toolbox, build_graph, checkpoint_serializer
 from llmi_graph.state import Figure
 from tests.fakes import FakeBackend, FakeOpenAIServer
 from tests.test_langgraph_dev import langgraph_dev
@@ -50,7 +50,7 @@ def approving(drafts: list[str], cfg: Config, *, code, approve: str = "code", ed
         policy=ChatModelPolicy(FakeListChatModel(responses=drafts)),
         toolbox=toolbox,
         config=cfg.replace(approve=approve),
-        checkpointer=saver or InMemorySaver(),
+        checkpointer=saver or InMemorySaver(serde=checkpoint_serializer()),  # as the README advises
     )
     return graph, {"configurable": {"thread_id": "t"}}
 
@@ -212,7 +212,7 @@ async def test_the_scaled_graph_stops_in_its_create_stage(cfg, local_code):
         policy=ChatModelPolicy(FakeListChatModel(responses=[draft, draft])),
         toolbox=toolbox,
         config=cfg.replace(approve="code", candidates=2),
-        checkpointer=InMemorySaver(),
+        checkpointer=InMemorySaver(serde=checkpoint_serializer()),
     )
     thread = {"configurable": {"thread_id": "t"}}
     payload = await start(graph, thread)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pydantic import BaseModel
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,3 +52,41 @@ def test_a_run_killed_mid_tools_resumes_in_a_new_process(tmp_path):
     assert figures[0]["image"]["sha256"] == first["output"]
     assert figures[1]["image"]["sha256"] == edit["output"]
     assert list((tmp_path / "cache" / "runs").iterdir()) == []  # a finished run leaves nothing behind
+
+
+class NotOurs(BaseModel):
+    """A type no llmi state holds: a checkpoint naming it must not be able to build it."""
+
+    x: int = 1
+
+
+def test_checkpoints_restore_every_type_the_state_holds_and_refuse_others():
+    """The serializer of our checkpointers (batch, approval at the terminal) lists our types: they come back as
+    themselves (so LangGraph has nothing to warn about), and a type outside the list is not built from a checkpoint
+    (LangGraph's strict mode, soon its default)."""
+    from llmi_graph._checkpoint import serializer
+    from llmi_graph.checks import Problem, Validation
+    from llmi_graph.state import Approval, Candidate, ImageRef, ImageResult, PolicyOutput, Repair, State
+    from llmi_graph.tags import ImageSlot, TextSegment, ToolCall
+
+    call = ToolCall(index=0, source="code", description="d", params={"code": "plt.plot([1])"}, raw="<imgen>...")
+    ref = ImageRef(sha256="0" * 64, path="/x.png", mime="image/png", width=1, height=1)
+    reply = PolicyOutput(text="Intro.", backend="fake", model="fake", completion_token_ids=[1], logprobs=[-0.1])
+    state = State(
+        prompt="p",
+        segments=[TextSegment(text="Intro."), ImageSlot(index=0)],
+        calls=[call],
+        results=[ImageResult(index=0, source="code", status="ok", image=ref)],
+        policy=reply,
+        repairs=[Repair(round=1, index=0, failed=call, reason="boom", reply=reply, call=call)],
+        approvals=[Approval(round=0, index=0, decision="approve", proposed=call)],
+    )
+    validation = Validation(tags=1, clean=0, problems=[Problem(index=0, reason="the code does not compile")])
+    candidate = Candidate(output=reply, validation=validation, rules_score=1.0)
+    serde = serializer()
+    # LangGraph checkpoints each state key (channel) on its own, so each value's types must come back as themselves
+    for name in State.model_fields:
+        value = getattr(state, name)
+        assert serde.loads_typed(serde.dumps_typed(value)) == value, name
+    assert serde.loads_typed(serde.dumps_typed([candidate])) == [candidate]
+    assert not isinstance(serde.loads_typed(serde.dumps_typed(NotOurs())), NotOurs)

@@ -307,6 +307,9 @@ async def test_enhancement_keeps_the_search_result_the_chooser_prefers(cfg, tmp_
         Image.new("RGB", (64, 64), (40 * i, 90, 90)).save(folder / f"dog{i}.png")
         (folder / f"dog{i}.txt").write_text(caption)
     library = LocalImageLibrary(folder, tmp_path / "cache", min_score=0.1)
+    # Load the embedding model and index the folder before the run: on a loaded machine that can take longer than
+    # the test's 10 s tool timeout, and the search would fail before the chooser is asked.
+    top = library.search("a dog", 1)[0][0]
 
     class FakeChooser:
         def __init__(self):
@@ -327,7 +330,6 @@ async def test_enhancement_keeps_the_search_result_the_chooser_prefers(cfg, tmp_
     plain = await run(
         build_scaled_graph(ChatModelPolicy(FakeListChatModel(responses=[draft])), box, chooser=chooser), cfg
     )
-    top = library.search("a dog", 1)[0][0]
     assert plain.results[0].provenance["library_path"] == top and len(chooser.asked) == 1  # no enhance: rank order
 
 
