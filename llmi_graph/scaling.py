@@ -225,7 +225,7 @@ class _ScaledNodes:
             )
         except PolicyError as exc:
             return {"polish_turn": Polish(applied=False, error=str(exc))}
-        document, error = _polished(reply.text, figures)
+        document, error = _polished(reply.text, figures, original="".join(lines))
         emit({"event": "polish", "status": "applied" if document else "kept the original", "error": error})
         if document is None:
             return {"polish_turn": Polish(applied=False, reply=reply, error=error)}
@@ -234,12 +234,34 @@ class _ScaledNodes:
 
 _MARK_RE = re.compile(r"\[\[FIGURE (\d+)\]\]")
 _WHAT_RE = re.compile(r"^\s*\((?:shows|FAILED): .*\)\s*$", re.MULTILINE)
+_WORD_RE = re.compile(r"[a-z0-9]+")
+_ECHO_WORDS = 5  # a run of this many words of the editor's instructions in the rewrite is an echo, not a rewrite
 
 
-def _polished(text: str, figures: list[Figure]) -> tuple[list[TextSegment | Figure] | None, str | None]:
-    """The polished document (the rewrite's text between the original figures), or None and why it is unusable."""
+def _ngrams(text: str, n: int = _ECHO_WORDS) -> list[tuple[str, ...]]:
+    words = _WORD_RE.findall(text.lower())
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+# The instructions of the polish turn without the request and the document: what a small policy tends to copy back
+_INSTRUCTIONS = frozenset(_ngrams(" \n".join(str(m["content"]) for m in polish_messages("\n", "\n"))))
+
+
+def _echo(text: str, original: str) -> str | None:
+    """The first run of the instructions' words that the rewrite repeats and the document did not have, if any."""
+    had = set(_ngrams(original))
+    return next((" ".join(g) for g in _ngrams(text) if g in _INSTRUCTIONS and g not in had), None)
+
+
+def _polished(
+    text: str, figures: list[Figure], original: str = ""
+) -> tuple[list[TextSegment | Figure] | None, str | None]:
+    """The polished document (the rewrite's text between the original figures), or None and why it is unusable:
+    a tag written, a figure moved, dropped or repeated, or the editor's instructions copied into the text."""
     if "<imgen" in text.lower():
         return None, "the rewrite wrote an image tag"
+    if (echo := _echo(text, original)) is not None:
+        return None, f"the rewrite repeats the editor's instructions ({echo!r}...)"
     marks = [int(m.group(1)) for m in _MARK_RE.finditer(text)]
     if marks != [f.index for f in figures]:
         return None, f"the rewrite has figures {marks} where the document has {[f.index for f in figures]}"

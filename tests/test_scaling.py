@@ -249,6 +249,20 @@ async def test_polish_rewrites_the_text_but_keeps_every_figure_in_place(cfg):
     assert not out.polish_turn.applied and "figures [1, 0]" in out.polish_turn.error
     assert out.document[0].text == "Intro. "  # the original document stays
 
+    # Every figure in place, but the editor's instructions copied into the text (as the 135M policy did on OpenING)
+    echo = (
+        "Intro.\n[[FIGURE 0]]\nMiddle.\n[[FIGURE 1]]\nEnd.\n\nRewrite the text so it reads well and fits the "
+        "figures. You are an editor."
+    )
+    graph = build_scaled_graph(
+        ChatModelPolicy(FakeListChatModel(responses=[draft, echo])),
+        toolbox(code=FakeBackend(), search=FakeBackend(error="no results")),
+    )
+    out = await run(graph, cfg, polish=True)
+    assert not out.polish_turn.applied
+    assert out.polish_turn.error == "the rewrite repeats the editor's instructions ('rewrite the text so it'...)"
+    assert out.document[0].text == "Intro. "
+
 
 async def test_a_batch_with_candidates_runs_the_scaled_graph_durably(cfg, tmp_path):
     from llmi_graph.batch import BatchItem, BatchSettings, run_batch
