@@ -173,8 +173,14 @@ class Ledger:
             if record["sample_id"] in self.records:
                 return False
             line = json.dumps(record, ensure_ascii=False) + "\n"
-            await asyncio.to_thread(_append_line, self.path, line)
-            self.records[record["sample_id"]] = record
+            write = asyncio.ensure_future(asyncio.to_thread(_append_line, self.path, line))
+            try:
+                await asyncio.shield(write)
+            finally:
+                if not write.done():  # cancelled (Ctrl-C) mid-write: the thread writes the line anyway, so wait
+                    await asyncio.wait({write})  # for it and keep the ledger (and the summary) in step with the file
+                if not write.cancelled() and write.exception() is None:
+                    self.records[record["sample_id"]] = record
             return True
 
 

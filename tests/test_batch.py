@@ -127,6 +127,27 @@ async def test_checkpoints_a_kill_left_behind_a_finished_sample_are_forgotten_on
     assert (outcome.done_before, outcome.finished) == (2, 0) and threads() == set()  # nothing ran, r0's are gone
 
 
+async def test_a_cancel_during_a_ledger_write_still_records_the_line_it_wrote(tmp_path, monkeypatch):
+    """Ctrl-C while a line is being written: the thread finishes the line, and the ledger (hence summary.json's
+    count) must say so too, not lag one behind the file (CI caught summary.json at 1 finished with 2 lines)."""
+    import llmi_graph.batch as batch
+
+    def slow_append(path, line):
+        time.sleep(0.3)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+
+    monkeypatch.setattr(batch, "_append_line", slow_append)
+    ledger = Ledger(tmp_path / "results.jsonl")
+    task = asyncio.create_task(ledger.append({"sample_id": "a", "status": "ok"}))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert list(ledger.records) == ["a"]
+    assert list(Ledger(tmp_path / "results.jsonl").records) == ["a"]  # what the file says
+
+
 async def test_a_torn_last_line_is_cut_and_that_sample_runs_again(cfg, tmp_path):
     out = tmp_path / "b"
     policy = ChatModelPolicy(FakeListChatModel(responses=["One."] * 10))
