@@ -104,6 +104,7 @@ def _judges(options: EvalOptions) -> Any:
 def _runner(benchmark: str) -> Any:
     def run(options: EvalOptions) -> None:
         from evals.run import EvalSettings, run_eval
+        from judges.select import AppJudging
         from llmi_graph.batch import BatchSettings
         from llmi_graph.cli import (
             CliError,
@@ -130,8 +131,9 @@ def _runner(benchmark: str) -> Any:
             judges = _judges(options)
             # The scaled graph's judges are the evaluation's: the LLM judge selects, the MLLM judge picks searches.
             text, vision = judges.text, judges.vision
-            scorers = _scorers(cfg.select, text.base_url if text else None, text.model if text else "default")
-            chooser = _chooser(cfg, vision.base_url if vision else None, vision.model if vision else "default")
+            judging = AppJudging()
+            scorers = _scorers(judging, cfg.select, text.base_url if text else None, text.model if text else "default")
+            chooser = _chooser(judging, cfg, vision.base_url if vision else None, vision.model if vision else "default")
             settings = EvalSettings(
                 benchmark=benchmark,
                 batch=BatchSettings(

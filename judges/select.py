@@ -126,3 +126,14 @@ class MLLMImageChooser:
 def selectors_for(judge: JudgeEndpoint) -> dict[str, JudgeSelector | RelativeSelector]:
     """The scorers the scaled graph's `judge` and `relative` selectors use, both asking `judge`."""
     return {"judge": JudgeSelector(LLMJudge(judge)), "relative": RelativeSelector(judge)}
+
+
+class AppJudging:
+    """The judges an app passes to llmi_graph's verbs (`llmi_graph.cli.Judging`; the `llmi` root command does):
+    the draft selectors at an LLM judge, and the chooser of search results at a multimodal judge."""
+
+    def scorers(self, url: str, model: str) -> dict[str, JudgeSelector | RelativeSelector]:
+        return selectors_for(JudgeEndpoint(base_url=url, model=model))
+
+    def chooser(self, url: str, model: str) -> MLLMImageChooser:
+        return MLLMImageChooser(JudgeEndpoint(base_url=url, model=model, api_key_env="LLMI_MLLM_JUDGE_API_KEY"))

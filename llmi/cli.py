@@ -101,9 +101,25 @@ app = typer.Typer(
 )
 
 
+class _Judging:
+    """The judges this app passes to the graph's verbs (`llmi_graph.cli.Judging`), as the click context's object:
+    `judges.select.AppJudging`, imported only when a verb asks for a judge (llmi_graph never imports judges)."""
+
+    def scorers(self, url: str, model: str) -> dict[str, Any]:
+        from judges.select import AppJudging
+
+        return AppJudging().scorers(url, model)
+
+    def chooser(self, url: str, model: str) -> Any:
+        from judges.select import AppJudging
+
+        return AppJudging().chooser(url, model)
+
+
 @app.callback()
-def _root() -> None:
+def _root(ctx: typer.Context) -> None:
     """llmi: a policy LLM writes text with image tags; search, diffusion, code and edit tools fill them in."""
+    ctx.obj = _Judging()
 
 
 def main() -> None:

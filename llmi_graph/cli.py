@@ -10,7 +10,7 @@ import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import typer
 from pydantic import ValidationError
@@ -71,6 +71,7 @@ MllmModelOption = Annotated[str, typer.Option(envvar="LLMI_MLLM_JUDGE_MODEL", he
 
 @app.command()
 def run(
+    ctx: typer.Context,
     prompt: Annotated[str, typer.Argument(help="What the document should be about.")],
     image: Annotated[
         list[Path] | None,
@@ -139,8 +140,8 @@ def run(
         )  # fmt: skip
         toolbox = toolbox_for(cfg)
         _check_adapter(adapter, policy_url, cfg)
-        scorers = _scorers(cfg.select, judge_url, judge_model)
-        chooser = _chooser(cfg, mllm_url, mllm_model)
+        scorers = _scorers(_judging(ctx), cfg.select, judge_url, judge_model)
+        chooser = _chooser(_judging(ctx), cfg, mllm_url, mllm_model)
         out_dir = _prepare_out(out)
     except (CliError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -173,28 +174,47 @@ def run(
     typer.echo(f"Trajectory: {paths.trajectory}")
 
 
-def _chooser(cfg: Config, mllm_url: str | None, mllm_model: str) -> Any:
+class Judging(Protocol):
+    """The judges the scaled graph's verbs use: draft selectors at an LLM judge and the chooser of search results at a
+    multimodal one. llmi_graph never imports `judges`: the app that mounts these verbs (the `llmi` root command)
+    passes them in as the click context's object, and `judges.select.AppJudging` is the real one."""
+
+    def scorers(self, url: str, model: str) -> dict[str, Any]: ...
+
+    def chooser(self, url: str, model: str) -> Any: ...
+
+
+def _judging(ctx: typer.Context | None) -> Judging | None:
+    obj = ctx.obj if ctx is not None else None
+    return obj if hasattr(obj, "scorers") and hasattr(obj, "chooser") else None
+
+
+def _chooser(judging: Judging | None, cfg: Config, mllm_url: str | None, mllm_model: str) -> Any:
     """With --enhance and a multimodal judge: the chooser that picks among a search's top results."""
     if not (cfg.enhance and mllm_url):
         return None
-    from judges._endpoint import JudgeEndpoint
-    from judges.select import MLLMImageChooser
+    if judging is None:
+        raise CliError(NO_JUDGING.format(what="--mllm-url"))
+    return judging.chooser(mllm_url, mllm_model)
 
-    return MLLMImageChooser(JudgeEndpoint(base_url=mllm_url, model=mllm_model, api_key_env="LLMI_MLLM_JUDGE_API_KEY"))
 
-
-def _scorers(select: str, judge_url: str | None, judge_model: str) -> dict[str, Any]:
-    """The judge selectors for the scaled graph (`judges.select`), built here where the app is put together."""
+def _scorers(judging: Judging | None, select: str, judge_url: str | None, judge_model: str) -> dict[str, Any]:
+    """The judge selectors for the scaled graph, from the judges the app passed in."""
     if select not in ("rules", "judge", "relative"):
         raise CliError(f"--select {select}: expected rules, judge or relative")
     if select == "rules":
         return {}
     if not judge_url:
         raise CliError(f"--select {select} needs a judge: --judge-url (or LLMI_JUDGE_URL)")
-    from judges._endpoint import JudgeEndpoint
-    from judges.select import selectors_for
+    if judging is None:
+        raise CliError(NO_JUDGING.format(what=f"--select {select}"))
+    return judging.scorers(judge_url, judge_model)
 
-    return selectors_for(JudgeEndpoint(base_url=judge_url, model=judge_model))
+
+NO_JUDGING = (
+    "{what} needs the judges the `llmi` command passes to this verb; this command was started without them "
+    "(run it as `llmi run` / `llmi batch`, or invoke its app with obj=judges.select.AppJudging())"
+)
 
 
 def _request(
@@ -387,6 +407,7 @@ class _Progress:
 
 @app.command()
 def batch(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Argument(help="Rows in the LLM-I format (JSONL or parquet): prompt, image_num, ...")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The batch folder (a rerun resumes it).")],
     samples: Annotated[int, typer.Option(help="Samples per row (GRPO-style groups, best-of-N).")] = 1,
@@ -454,8 +475,8 @@ def batch(
             image_server=image_server, edit_server=edit_server, tool_cache=tool_cache,
             repair_rounds=repair_rounds, candidates=candidates, select=select, enhance=enhance, polish=polish,
         )  # fmt: skip
-        scorers = _scorers(cfg.select, judge_url, judge_model)
-        chooser = _chooser(cfg, mllm_url, mllm_model)
+        scorers = _scorers(_judging(ctx), cfg.select, judge_url, judge_model)
+        chooser = _chooser(_judging(ctx), cfg, mllm_url, mllm_model)
         rows = load_rows(data)[:limit] if limit is not None else load_rows(data)
         items = rows_to_items(rows)
         settings = BatchSettings(
@@ -659,9 +680,3 @@ def embedded_model(
     except (EmbeddedModelMissing, MissingExtra) as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
-
-
-if __name__ == "__main__":  # `python -m llmi_graph.cli VERB` is the whole command line, as `llmi VERB` is
-    from llmi.cli import main
-
-    main()

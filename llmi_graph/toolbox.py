@@ -183,7 +183,7 @@ def _search(cfg: Config) -> ImageBackend | None:
 
 
 def _pool(urls: list[str], cfg: Config) -> Any:
-    from servers.image_client import ImageServerPool
+    from tools.image_client import ImageServerPool
 
     return ImageServerPool(urls, token=_key(cfg.image_server_token_env), timeout_s=cfg.tool_timeout_s)
 

@@ -73,7 +73,7 @@ def test_the_shipped_adapter_loads_and_changes_what_the_policy_writes():
 
 def test_the_cli_refuses_an_adapter_that_is_not_one_before_any_work(tmp_path):
     out = tmp_path / "report"
-    command = [sys.executable, "-m", "llmi_graph.cli", "run", "Plot a parabola", "--adapter", str(tmp_path)]
+    command = [sys.executable, "-m", "llmi", "run", "Plot a parabola", "--adapter", str(tmp_path)]
     result = subprocess.run([*command, "--out", str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 2 and "not a LoRA adapter folder" in result.stdout + result.stderr
     assert not out.exists()

@@ -118,3 +118,27 @@ def test_the_selectors_travel_to_ray_workers_and_describe_themselves():
     assert scorers["judge"].describe() == {
         "selector": "judge", "model": "judge-m", "url": "http://127.0.0.1:9/v1", "prompt": "llm-judge/1",
     }  # fmt: skip
+
+
+def test_the_graph_verbs_get_their_judges_from_the_app_that_mounts_them(tmp_path, monkeypatch):
+    """llmi_graph never imports judges: `llmi` hands its verbs `judges.select.AppJudging` as the click context's
+    object. Invoked bare (no app around it), a judge selector is refused up front with what is missing; the app's
+    judges are the real selectors, asking the URL given. (`llmi batch` with them, end to end: the first test.)"""
+    from typer.testing import CliRunner
+
+    from judges.select import AppJudging
+    from llmi_graph.cli import _scorers, app
+
+    for name in JUDGE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "p"}) + "\n")
+    argv = ["batch", str(rows), "--out", str(tmp_path / "out"), "--candidates", "2", "--select", "judge",
+            "--judge-url", "http://127.0.0.1:9/v1"]  # fmt: skip
+    bare = CliRunner().invoke(app, argv, env={"LLMI_CACHE_DIR": str(tmp_path / "cache")})
+    said = " ".join(bare.output.split())
+    assert bare.exit_code == 2 and "needs the judges the `llmi` command passes to this verb" in said, said
+    assert not (tmp_path / "out").exists()
+    scorers = _scorers(AppJudging(), "judge", "http://127.0.0.1:9/v1", "m")
+    assert isinstance(scorers["judge"], JudgeSelector) and isinstance(scorers["relative"], RelativeSelector)
+    assert scorers["judge"].judge.endpoint.base_url == "http://127.0.0.1:9/v1"

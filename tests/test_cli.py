@@ -33,7 +33,7 @@ DONE_WHEN_DRAFT = (
 
 def llmi(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "llmi_graph.cli", *args],
+        [sys.executable, "-m", "llmi", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from servers._process import ManagedProcess, free_port
-from servers.image_client import ImageServerError, ImageServerPool
 from servers.image_server import ImageServerConfig, _decode_images, create_app
 from tests.fakes import png
 from tests.tiny_qwen import build_tiny_edit, build_tiny_generate
+from tools.image_client import ImageServerError, ImageServerPool
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-123"
@@ -28,7 +28,7 @@ TOKEN = "test-token-123"
 
 def start_server(model: Path, log: Path, **options: object) -> tuple[ManagedProcess, str]:
     port = free_port()
-    argv = [sys.executable, "-m", "llmi_graph.cli", "serve-image", "--model", str(model), "--port", str(port),
+    argv = [sys.executable, "-m", "llmi", "serve-image", "--model", str(model), "--port", str(port),
             "--device", "cpu", "--token-env", "LLMI_TEST_IMAGE_TOKEN"]  # fmt: skip
     for key, value in options.items():
         flag = f"--{key.replace('_', '-')}"
@@ -281,7 +281,7 @@ def test_binding_beyond_loopback_needs_a_token_or_insecure(monkeypatch):
 def test_serve_image_cli_refuses_an_open_binding_before_loading_anything(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "LLMI_IMAGE_SERVER_TOKEN"}
     result = subprocess.run(
-        [sys.executable, "-m", "llmi_graph.cli", "serve-image", "--model", str(tmp_path / "no-model"),
+        [sys.executable, "-m", "llmi", "serve-image", "--model", str(tmp_path / "no-model"),
          "--host", "0.0.0.0", "--port", str(free_port())],
         capture_output=True, text=True, timeout=120, env={**env, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from servers._process import free_port
-from servers.image_client import ImageServerError, ImageServerPool
 from servers.launcher import ImageServerLauncher, LauncherConfig, parse_devices
 from tests.tiny_qwen import build_tiny_generate
+from tools.image_client import ImageServerError, ImageServerPool
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"width": 32, "height": 32, "num_inference_steps": 1}
@@ -75,7 +75,7 @@ def test_client_errors_are_not_transient(tiny_model, tmp_path, monkeypatch):
 def _launch_cli(tiny_model: Path, tmp_path: Path) -> tuple[subprocess.Popen[str], list[str]]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmi_graph.cli", "serve-images", "--model", str(tiny_model), "--gpus", "cpu:1",
+        [sys.executable, "-m", "llmi", "serve-images", "--model", str(tiny_model), "--gpus", "cpu:1",
          "--base-port", str(port), "--log-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
@@ -148,7 +148,7 @@ def test_launcher_needs_a_token_or_insecure_beyond_loopback(monkeypatch, tmp_pat
 def test_serve_images_cli_refuses_an_open_binding(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "LLMI_IMAGE_SERVER_TOKEN"}
     result = subprocess.run(
-        [sys.executable, "-m", "llmi_graph.cli", "serve-images", "--model", str(tmp_path / "no-model"),
+        [sys.executable, "-m", "llmi", "serve-images", "--model", str(tmp_path / "no-model"),
          "--gpus", "cpu:1", "--host", "0.0.0.0", "--log-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=120, env={**env, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip

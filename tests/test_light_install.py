@@ -7,6 +7,7 @@ in pyproject.toml are the ones the code knows, and that `llmi --help` imports no
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shutil
@@ -98,6 +99,31 @@ def test_each_verb_names_itself_in_usage_and_refuses_unknown_options_with_exit_2
 def test_the_graph_does_not_import_the_packages_above_it():
     loaded = _modules_after("import llmi_graph, llmi_graph.cli")
     assert not loaded & {"llmi", "servers", "judges", "evals", "rl", *HEAVY}
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    """Per module file of `package`: the top-level packages its import statements name, lazy ones included."""
+    found = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def test_no_import_anywhere_in_the_graph_or_the_tools_reaches_the_packages_above_them():
+    # Not only at import time: a lazy import inside a verb is a dependency too. The app that composes them (`llmi`)
+    # passes the judges in; the image servers' client lives with the tools that use it.
+    above = {"llmi", "servers", "judges", "evals", "rl"}
+    for package in ("llmi_graph", "tools"):
+        imports = _imports(package)
+        assert len(imports) > 5, f"found no modules of {package}"
+        for module, names in imports.items():
+            assert not names & above, (module, sorted(names & above))
 
 
 def _run(argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:

@@ -88,7 +88,7 @@ def test_lora_adapter_loaded_at_runtime_and_used_by_name(policy_server, embedded
 def test_llmi_run_through_the_policy_server(policy_server, tmp_path):
     out = tmp_path / "report"
     result = subprocess.run(
-        [sys.executable, "-m", "llmi_graph.cli", "run", "Plot y = x^2 and explain it", "--policy-url",
+        [sys.executable, "-m", "llmi", "run", "Plot y = x^2 and explain it", "--policy-url",
          policy_server.url, "--model", "smollm2", "--max-tokens", "64", "--out", str(out)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "LLMI_IMAGE_DIR": str(tmp_path / "store")},
     )  # fmt: skip
@@ -105,7 +105,7 @@ def test_llmi_run_through_the_policy_server(policy_server, tmp_path):
 def test_serve_policy_cli_binds_loopback_and_stops_on_sigterm(embedded_model_dir, tmp_path, policy_server):
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmi_graph.cli", "serve-policy", "--model", embedded_model_dir,
+        [sys.executable, "-m", "llmi", "serve-policy", "--model", embedded_model_dir,
          "--served-model-name", "smol-cli", "--port", str(port), "--log-path", str(tmp_path / "vllm.log")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -190,7 +190,7 @@ def test_binding_beyond_loopback_needs_an_api_key_or_insecure(monkeypatch, tmp_p
 
 def test_serve_policy_cli_refuses_an_open_binding(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "llmi_graph.cli", "serve-policy", "--model", "m", "--host", "0.0.0.0",
+        [sys.executable, "-m", "llmi", "serve-policy", "--model", "m", "--host", "0.0.0.0",
          "--log-path", str(tmp_path / "vllm.log")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -206,7 +206,7 @@ def test_two_grpo_steps_change_the_adapter_and_resume_continues(tmp_path):
 
     # The saved adapter is what `llmi run --adapter` serves.
     out = tmp_path / "report"
-    command = [sys.executable, "-m", "llmi_graph.cli", "run", "Plot a parabola", "--adapter", str(adapter)]
+    command = [sys.executable, "-m", "llmi", "run", "Plot a parabola", "--adapter", str(adapter)]
     command += ["--max-tokens", "8", "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr

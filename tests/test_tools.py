@@ -18,13 +18,13 @@ from PIL import Image
 from llmi_graph import Config, Toolbox
 from llmi_graph.prompts import build_system_prompt
 from servers._process import ManagedProcess, free_port
-from servers.image_client import ImageServerPool
 from tests.fakes import LoopbackApp, png
 from tests.tiny_qwen import build_tiny_edit, build_tiny_generate
 from tools.base import ToolError
 from tools.code import E2B_PREAMBLE, E2B_TRAILER, E2BSandbox, LocalSandbox
 from tools.diffusion import DiffusersDiffusion, ImageServerDiffusion, OpenAIImagesDiffusion
 from tools.edit import DiffusersEdit, ImageServerEdit, LocalEditor, OpenAIImagesEdit, plan_edit
+from tools.image_client import ImageServerPool
 from tools.library import LocalImageLibrary
 from tools.search import SerpApiSearch
 
@@ -61,7 +61,7 @@ async def test_diffusers_backend_with_a_bad_model_path(tmp_path):
 @pytest.fixture(scope="module")
 def generate_server(tiny_generate, tmp_path_factory):
     port = free_port()
-    argv = [sys.executable, "-m", "llmi_graph.cli", "serve-image", "--model", str(tiny_generate), "--port", str(port),
+    argv = [sys.executable, "-m", "llmi", "serve-image", "--model", str(tiny_generate), "--port", str(port),
             "--device", "cpu", "--token-env", ""]  # fmt: skip
     process = ManagedProcess(argv, env={**os.environ, "PYTHONPATH": str(ROOT)},
                              log_path=tmp_path_factory.mktemp("srv") / "log")  # fmt: skip
@@ -154,7 +154,7 @@ async def test_diffusers_edit_backend_runs_a_real_pipeline(tmp_path):
 async def test_image_server_edit_backend(tmp_path):
     model = build_tiny_edit(tmp_path / "edit")
     port = free_port()
-    argv = [sys.executable, "-m", "llmi_graph.cli", "serve-image", "--model", str(model), "--port", str(port),
+    argv = [sys.executable, "-m", "llmi", "serve-image", "--model", str(model), "--port", str(port),
             "--device", "cpu", "--token-env", "", "--trust-remote-code"]  # fmt: skip
     process = ManagedProcess(argv, env={**os.environ, "PYTHONPATH": str(ROOT)}, log_path=tmp_path / "log")
     process.start()

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from servers.image_client import ImageServerError, ImageServerPool
 from tools.base import ToolError, ToolOutput, openai_tool_error, png_bytes
+from tools.image_client import ImageServerError, ImageServerPool
 
 
 def server_tool_error(exc: ImageServerError) -> ToolError:

@@ -35,9 +35,9 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
-from servers.image_client import ImageServerError, ImageServerPool
 from tools.base import ToolError, ToolOutput, openai_tool_error, png_bytes
 from tools.diffusion import DiffusersPipelineRunner, image_from_api, server_tool_error
+from tools.image_client import ImageServerError, ImageServerPool
 
 # --- model-backed editors ---------------------------------------------------------------------------
 
