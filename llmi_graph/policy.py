@@ -18,6 +18,7 @@ import functools
 import json
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -505,7 +506,9 @@ class EmbeddedPolicy(ModelPolicy):
                 if self.adapter is not None:
                     from peft import PeftModel
 
-                    model = PeftModel.from_pretrained(model, str(self.adapter)).merge_and_unload()
+                    with warnings.catch_warnings():  # peft asks transformers' deprecated alias; not the user's concern
+                        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+                        model = PeftModel.from_pretrained(model, str(self.adapter)).merge_and_unload()
                 model.to(_torch_device(self.device))
                 model.eval()
                 self.model, self.tokenizer = model, tokenizer
