@@ -30,22 +30,40 @@ def describe(url: str | None, default_path: Path) -> str:
     return parts._replace(netloc=netloc, query=query).geturl()
 
 
-def serializer() -> Any:
-    """LangGraph's checkpoint serializer, told which of our types the state holds: it restores them without the
-    "Deserializing unregistered type" warning, and refuses any other non-builtin type a checkpoint may name (what
-    LangGraph's strict mode, `LANGGRAPH_STRICT_MSGPACK`, will make the default)."""
-    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+def state_types() -> list[tuple[str, str]]:
+    """(module, name) of every pydantic type our states hold: the msgpack allowlist of our checkpoints."""
     from pydantic import BaseModel
 
     from llmi_graph import checks, scaling, state, tags
 
-    known = [
+    return [
         (module.__name__, name)
         for module in (checks, scaling, state, tags)
         for name, value in vars(module).items()
         if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == module.__name__
     ]
-    return JsonPlusSerializer(allowed_msgpack_modules=known)
+
+
+def serializer() -> Any:
+    """LangGraph's checkpoint serializer, told which of our types the state holds: it restores them without the
+    "Deserializing unregistered type" warning, and refuses any other non-builtin type a checkpoint may name (what
+    LangGraph's strict mode, `LANGGRAPH_STRICT_MSGPACK`, will make the default)."""
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+    return JsonPlusSerializer(allowed_msgpack_modules=state_types())
+
+
+def with_state_types(checkpointer: Any) -> Any:
+    """The checkpointer a caller compiles the graph with, with our state's types added to its serializer's allowlist
+    (LangGraph's own `with_allowlist`: a shallow copy on the same storage, so the caller's object reads the same
+    checkpoints). A serializer with an allowlist of its own would otherwise refuse our types; LangGraph's permissive
+    default (every type, with a warning for each it was not told of) stays as it is: build that one with
+    `serde=checkpoint_serializer()` for no warnings. `None`/`True`/`False` (none, or the parent's) pass through."""
+    from langgraph.checkpoint.base import BaseCheckpointSaver
+
+    if isinstance(checkpointer, BaseCheckpointSaver):
+        return checkpointer.with_allowlist(state_types())
+    return checkpointer
 
 
 @contextlib.asynccontextmanager

@@ -35,6 +35,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command, Overwrite, Send, interrupt
 
+from llmi_graph._checkpoint import with_state_types
 from llmi_graph._run import ResultBoard, RunContext, close_run, open_run, release_run, runs_root
 from llmi_graph.approval import REJECTED, AnswerError, approval_request, read_answer, rejection
 from llmi_graph.cache import SharedCallCancelled, ToolCache, cache_key, shared_cache
@@ -712,7 +713,10 @@ def build_graph(
     cfg = config or Config()
     if cfg.approval_tools and not checkpointer and not subgraph:
         raise ValueError(needs_checkpointer(cfg))
-    return _builder(policy, toolbox, cfg, subgraph, chooser).compile(checkpointer=checkpointer, name="llmi")
+    # a checkpointer given here learns our state's types, so it restores them without warning (and no other type)
+    return _builder(policy, toolbox, cfg, subgraph, chooser).compile(
+        checkpointer=with_state_types(checkpointer), name="llmi"
+    )
 
 
 def _builder(

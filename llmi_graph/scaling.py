@@ -44,6 +44,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from pydantic import Field
 
+from llmi_graph._checkpoint import with_state_types
 from llmi_graph.checks import rules_score, validate
 from llmi_graph.config import Config
 from llmi_graph.graph import InputError, PolicyError, _Nodes, _sampling, build_graph, policy_turn, repair_rounds
@@ -307,7 +308,7 @@ def build_scaled_graph(
     builder.add_edge("enhance", "create")
     builder.add_edge("create", "polish")
     builder.add_edge("polish", END)
-    return builder.compile(checkpointer=checkpointer, name="llmi-scaled")
+    return builder.compile(checkpointer=with_state_types(checkpointer), name="llmi-scaled")
 
 
 def scaling_on(cfg: Config) -> bool:

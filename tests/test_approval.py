@@ -50,7 +50,9 @@ def approving(drafts: list[str], cfg: Config, *, code, approve: str = "code", ed
         policy=ChatModelPolicy(FakeListChatModel(responses=drafts)),
         toolbox=toolbox,
         config=cfg.replace(approve=approve),
-        checkpointer=saver or InMemorySaver(serde=checkpoint_serializer()),  # as the README advises
+        checkpointer=saver
+        if saver is not None
+        else InMemorySaver(serde=checkpoint_serializer()),  # as the README advises
     )
     return graph, {"configurable": {"thread_id": "t"}}
 
@@ -90,6 +92,36 @@ async def test_the_run_stops_with_the_pending_code_call_and_approval_makes_the_i
     (approval,) = state.approvals
     assert (approval.round, approval.index, approval.decision, approval.reviewer) == (0, 0, "approve", "ana")
     assert approval.call == approval.proposed == state.calls[0]
+
+
+async def test_a_checkpointer_with_an_allowlist_of_its_own_learns_our_types_and_keeps_its_storage(cfg, local_code):
+    """An embedder's checkpointer whose serializer lists the embedder's own types (as LangGraph's strict mode asks)
+    would refuse ours; build_graph adds them (LangGraph's `with_allowlist`), so our checkpoints come back as
+    themselves, the embedder's type still does, a type neither lists is not built, and the caller's object reads the
+    same checkpoints."""
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
+    from tests.test_durable import NotOurs
+
+    theirs = JsonPlusSerializer(allowed_msgpack_modules=[(NotOurs.__module__, "NotOurs")])
+    saver = InMemorySaver(serde=theirs)
+    graph, thread = approving([f"Bars.\n{tag('code', 'two bars', code=BARS)}"], cfg, code=local_code, saver=saver)
+    serde = graph.checkpointer.serde
+    payload = await start(graph, thread)
+    assert payload["calls"][0]["source"] == "code"
+    mine, ours = saver.get_tuple(thread), graph.checkpointer.get_tuple(thread)  # one storage, two serializers
+    assert mine is not None and ours is not None and mine.checkpoint["id"] == ours.checkpoint["id"]
+    calls = ours.checkpoint["channel_values"]["calls"]
+    assert calls[0].source == "code" and serde.loads_typed(serde.dumps_typed(calls)) == calls
+    assert isinstance(mine.checkpoint["channel_values"]["calls"][0], dict)  # their serializer alone refuses ours
+    assert isinstance(serde.loads_typed(serde.dumps_typed(NotOurs())), NotOurs)
+
+    class Neither(NotOurs):
+        pass
+
+    assert not isinstance(serde.loads_typed(serde.dumps_typed(Neither())), Neither)
+    done = State.model_validate(await answer(graph, thread, {"0": {"action": "approve"}}))
+    assert [f.status for f in figures(done)] == ["ok"]
 
 
 async def test_an_edit_runs_the_reviewers_code_and_the_run_records_both(cfg, local_code):
