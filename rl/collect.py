@@ -38,8 +38,9 @@ from llmi_graph.policy import Policy, policy_for
 from rl.content import (
     RepetitionMemory,
     chart_numbers_score,
-    relevance_scores,
+    relevance_score,
     succeeded_indices,
+    tag_relevance,
     written_texts,
 )
 from rl.data import TRAIN_FILE, Row, load_rows
@@ -100,7 +101,7 @@ async def content_rewards(
 ) -> list[dict[str, float | None]]:
     """One group's success-only format and content rewards, as the online suite computes them; `memory` then
     remembers the group."""
-    relevance = await asyncio.to_thread(relevance_scores, states)  # MiniLM blocks: off the event loop
+    tags = await asyncio.to_thread(tag_relevance, states)  # MiniLM blocks: off the event loop
     drafts = [
         (s["prompt"], rid, written_texts(s.get("calls") or [])) for s, rid in zip(states, rollout_ids, strict=True)
     ]
@@ -114,11 +115,12 @@ async def content_rewards(
                 succeeded=succeeded_indices(state),
                 failed_credit=0.0,
             ),
-            "relevance": relevant,
+            "relevance": relevance_score(relevant),
+            "relevance_success": relevance_score(relevant, failed_credit=0.0),
             "chart_numbers": chart_numbers_score(state, tools),
             "repetition": -penalty if penalty else 0.0,
         }
-        for state, relevant, penalty in zip(states, relevance, penalties, strict=True)
+        for state, relevant, penalty in zip(states, tags, penalties, strict=True)
     ]
 
 

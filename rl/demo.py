@@ -71,6 +71,7 @@ def demo_config(
         temperature=0.7,
         learning_rate=1e-4,  # a tenth of what a cold start needs: GRPO refines the warm start, it does not redo it
         lr_scheduler_type="constant",
+        scale_rewards="none",  # a group told apart only by relevance or repetition keeps small advantages
         max_steps=steps,  # a step budget, so a rerun on a faster or slower machine trains the same run
         time_budget_minutes=minutes,  # a safety cap
         format_weight=1.0,
@@ -260,6 +261,13 @@ def ship(result: dict[str, Any], summary: dict[str, Any], dest: Path) -> None:
     print(f"shipped seed {result['seed']}'s adapter to {dest}", flush=True)
 
 
+def _scaling(scale_rewards: str) -> str:
+    return {
+        "none": "not divided by the group's reward std (Dr. GRPO)",
+        "batch": "divided by the batch's reward std",
+    }.get(scale_rewards, "divided by the group's reward std")
+
+
 def model_card(result: dict[str, Any], summary: dict[str, Any]) -> str:
     """The shipped adapter's model card: base model, data, warm start, rewards, steps and held-out figures."""
     cfg, warm = result["config"], result.get("warm_config") or {}
@@ -294,13 +302,14 @@ def model_card(result: dict[str, Any], summary: dict[str, Any]) -> str:
             f"2. GRPO (TRL) with rollouts through the llmi graph, seed {result['seed']}: {result['steps']} optimizer "
             f"steps in {result['train_minutes']} min on 2 CPU cores ({cfg['num_generations']} drafts per prompt, "
             f"one prompt per step, temperature {cfg['temperature']}, at most {cfg['max_completion_length']} tokens, "
-            f"learning rate {cfg['learning_rate']} constant).",
+            f"learning rate {cfg['learning_rate']} constant, advantages "
+            f"{_scaling(cfg.get('scale_rewards', 'group'))}).",
             "- Data: llmi's starter set (`rl/data/train.jsonl`, prompts written by us; no held-out topic, template "
             "or function).",
             "- Tools during training: the local code sandbox and the local image editor (what a bare machine has).",
             "- Rewards: the hybrid R without judges (the image-number score), the partial-credit format reward "
             f"(weight {cfg['format_weight']}; it pays only tags whose tool made an image), relevance (MiniLM, "
-            f"weight {cfg['relevance_weight']}), the prompt's numbers in chart code (weight "
+            f"weight {cfg['relevance_weight']}, working tags only), the prompt's numbers in chart code (weight "
             f"{cfg['chart_numbers_weight']}) and the repetition penalty (weight {cfg['repetition_weight']}); "
             "anti-hack options on; collapse guard on.",
             f"- Reproduce: `make train-demo` (seeds {seeds}; the first seed's adapter, chosen before the runs).",

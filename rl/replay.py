@@ -37,10 +37,12 @@ REWARD_NAMES = (
     "format",
     "format_success",
     "relevance",
+    "relevance_success",
     "chart_numbers",
     "repetition",
 )
-"""The scores a record's `rewards` holds (rl.collect); files recorded before the last four lack them."""
+"""The scores a record's `rewards` holds (rl.collect); older files lack the last five (`relevance_success`: the
+newest)."""
 
 
 @dataclass
@@ -202,8 +204,9 @@ def replay_reward_functions(
     image). Before N a failed tag earns `format_warmup_failed_credit` c of its credit: `format_score` is linear in
     that share, so format_success + c (format - format_success) is the online value exactly (up to float
     rounding). The step is TRL's `trainer_state.global_step`; called without one, the number of batches the
-    function has scored. A record without `format_success` (recorded before it existed) gets None wherever it is
-    needed, with a one-time warning.
+    function has scored. `relevance` follows the same switch through the recorded `relevance_success` (a failed
+    tag's relevance is linear in its credit too). A record without `format_success` or `relevance_success`
+    (recorded before it existed) gets None wherever it is needed, with a one-time warning.
     """
     if not 0.0 <= format_warmup_failed_credit <= 1.0:
         raise ValueError(f"format_warmup_failed_credit must be in [0, 1], got {format_warmup_failed_credit}")
@@ -212,27 +215,34 @@ def replay_reward_functions(
             f"repetition_weight is {repetition_weight}: `repetition` is already minus the penalty, give it a "
             "positive weight (0 logs it only)"
         )
-    warned = False
+    warned: set[str] = set()
 
-    def format_at(recorded: dict[str, Any], step: int) -> float | None:
-        nonlocal warned
-        after, full = format_needs_success_after_steps, recorded.get("format")
-        if after is None:
-            return full
-        credit = format_warmup_failed_credit if step < after else 0.0
-        if credit == 1.0 or full is None:
-            return full  # every tag earns its full credit: what `format` recorded
-        success = recorded.get("format_success")
-        if success is None:
-            if not warned:
-                warned = True
-                log.warning(
-                    "recorded rollouts without `format_success` (collected before it was recorded): their format "
-                    "reward is None (not scored) once failed tags stop earning full credit; collect them again "
-                    "with the current rl.collect to replay format_needs_success_after_steps"
-                )
-            return None
-        return success + credit * (full - success)
+    def credited(name: str) -> Callable[[dict[str, Any], int], float | None]:
+        """The recorded `name` (every tag's credit) or, once failed tags stop earning full credit, interpolated
+        towards the recorded `name_success` (only working tags): both are linear in a failed tag's credit."""
+
+        def pick(recorded: dict[str, Any], step: int) -> float | None:
+            after, full = format_needs_success_after_steps, recorded.get(name)
+            if after is None:
+                return full
+            credit = format_warmup_failed_credit if step < after else 0.0
+            if credit == 1.0 or full is None:
+                return full  # every tag earns its full credit: what `name` recorded
+            success = recorded.get(f"{name}_success")
+            if success is None:
+                if name not in warned:
+                    warned.add(name)
+                    log.warning(
+                        "recorded rollouts without `%s_success` (collected before it was recorded): their %s "
+                        "reward is None (not scored) once failed tags stop earning full credit; collect them again "
+                        "with the current rl.collect to replay format_needs_success_after_steps",
+                        name,
+                        name,
+                    )
+                return None
+            return success + credit * (full - success)
+
+        return pick
 
     def recorded_reward(name: str, pick: Callable[[dict[str, Any], int], float | None]) -> Callable[..., Any]:
         batches = 0
@@ -256,11 +266,11 @@ def replay_reward_functions(
         return lambda recorded, step: recorded.get(name)
 
     funcs = [recorded_reward(name, read(name)) for name in ("hybrid", "image_num", "llm_judge", "mllm_judge")]
-    funcs.append(recorded_reward("format", format_at))
+    funcs.append(recorded_reward("format", credited("format")))
     weights = [1.0, 0.0, 0.0, 0.0, format_weight]
     content = {"relevance": relevance_weight, "chart_numbers": chart_numbers_weight, "repetition": repetition_weight}
     for name, weight in content.items():
         if weight is not None:  # None: switched off, as online
-            funcs.append(recorded_reward(name, read(name)))
+            funcs.append(recorded_reward(name, credited(name) if name == "relevance" else read(name)))
             weights.append(weight)
     return funcs, weights

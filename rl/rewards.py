@@ -157,25 +157,29 @@ class RewardSuite:
 
         return self._reward(name, scorer)
 
-    def format_reward(self, state: dict[str, Any], step: int) -> float:
-        """The partial-credit format reward. With `format_needs_success_after_steps` N: before step N (the warm-up)
-        a tag whose tool made no image earns `format_warmup_failed_credit` of its credit, and from step N on none."""
+    def failed_credit(self, step: int) -> float:
+        """The share of its credit a tag whose tool made no image earns at `step`, in format and relevance alike:
+        all of it without `format_needs_success_after_steps` N, `format_warmup_failed_credit` before step N (the
+        warm-up), none from step N on."""
         after = self.format_needs_success_after_steps
         if after is None:
-            succeeded, failed_credit = None, 1.0
-        else:
-            succeeded = succeeded_indices(state)
-            failed_credit = self.format_warmup_failed_credit if step < after else 0.0
+            return 1.0
+        return self.format_warmup_failed_credit if step < after else 0.0
+
+    def format_reward(self, state: dict[str, Any], step: int) -> float:
+        """The partial-credit format reward; a failed tag earns `failed_credit(step)` of its credit."""
+        succeeded = None if self.format_needs_success_after_steps is None else succeeded_indices(state)
         return format_score(
             state["draft"],
             state["image_num"],
             len(state["input_images"]),
             succeeded=succeeded,
-            failed_credit=failed_credit,
+            failed_credit=self.failed_credit(step),
         )
 
     async def _relevance(self, batch: Batch) -> list[float | None]:
-        return await asyncio.to_thread(relevance_scores, batch.states)  # MiniLM blocks: off the event loop
+        credit = self.failed_credit(batch.step)  # MiniLM blocks: off the event loop
+        return await asyncio.to_thread(relevance_scores, batch.states, failed_credit=credit)
 
     async def _chart_numbers(self, batch: Batch) -> list[float | None]:
         return [chart_numbers_score(s, t) for s, t in zip(batch.states, batch.tools, strict=True)]

@@ -189,6 +189,7 @@ def grpo_args(cfg: TrainConfig, reward_weights: list[float]) -> Any:
         warmup_steps=cfg.warmup_steps,
         loss_type="grpo" if gspo else cfg.loss_type,
         importance_sampling_level="sequence" if gspo else "token",
+        scale_rewards=cfg.scale_rewards,
         beta=cfg.beta,
         temperature=cfg.temperature,
         max_completion_length=cfg.max_completion_length,

@@ -234,7 +234,9 @@ def test_repetition_memory_is_bounded_and_thread_safe():
 
 async def test_content_rewards_are_off_by_default_and_a_disabled_one_is_never_computed(monkeypatch):
     calls: list[str] = []
-    monkeypatch.setattr("rl.rewards.relevance_scores", lambda states: calls.append("relevance") or [0.0] * len(states))
+    monkeypatch.setattr(
+        "rl.rewards.relevance_scores", lambda states, **kw: calls.append("relevance") or [0.0] * len(states)
+    )
     monkeypatch.setattr("rl.rewards.chart_numbers_score", lambda s, t: calls.append("chart_numbers") or 0.0)
     off = RewardSuite()
     assert list(by_name(off)) == ["hybrid", "image_num", "llm_judge", "mllm_judge", "format"]
@@ -300,6 +302,31 @@ async def test_a_warm_up_can_pay_failed_tags_less_than_working_ones():
     assert await call_like_trl(fmt, [failed, worked], step=2) == [0.0, 1.0]
     with pytest.raises(ValueError, match="format_warmup_failed_credit"):
         RewardSuite(format_needs_success_after_steps=2, format_warmup_failed_credit=1.5)
+
+
+async def test_relevance_pays_a_failed_tag_only_during_the_warm_up_as_format_does():
+    """The demo's GRPO (seed 2, step 11) learned from a group whose edits all failed: relevance alone ranked them,
+    and the draft that pasted the prompt into its failing tag got the largest advantage (1.42). Past the warm-up a
+    failing tag earns no relevance, so such a group is all zeros and teaches nothing."""
+    pasted = make_state(MARATHON, tag("code", MARATHON, code="plt.line([4.9, 5.0])"), ok=())
+    vague = make_state(MARATHON, tag("code", "A figure", code="plt.line([1])"), ok=())
+    worked = make_state(MARATHON, tag("code", "Pace per 5 km split", code="plt.plot([4.9, 5.0, 5.2])"), ok=(0,))
+    both = make_state(MARATHON, pasted["draft"] + worked["draft"], ok=(1,))
+    full = relevance_scores([pasted, vague, worked, both])
+    assert full[0] > full[1] > 0.0 and full[0] > 0.5, full  # the pasted prompt wins while failures earn relevance
+    assert full[3] == pytest.approx((full[0] + full[2]) / 2, abs=1e-5)
+    relevance = by_name(RewardSuite(relevance_weight=0.3, format_needs_success_after_steps=2,
+                                    format_warmup_failed_credit=0.5))["relevance"][0]  # fmt: skip
+    warm = await call_like_trl(relevance, [pasted, vague, worked, both], step=1)
+    assert warm == pytest.approx([full[0] / 2, full[1] / 2, full[2], (full[0] / 2 + full[2]) / 2], abs=1e-5)
+    past = await call_like_trl(relevance, [pasted, vague, worked, both], step=2)
+    assert past == pytest.approx([0.0, 0.0, full[2], full[2] / 2], abs=1e-5)
+    # Without the switch every valid tag earns its relevance, failed or not (the previous behaviour, kept for
+    # runs that pay failed tags' format too).
+    plain = by_name(RewardSuite(relevance_weight=0.3))["relevance"][0]
+    assert await call_like_trl(plain, [pasted, vague], step=50) == pytest.approx(full[:2], abs=1e-5)
+    with pytest.raises(ValueError, match="failed_credit"):
+        relevance_scores([pasted], failed_credit=2.0)
 
 
 def test_the_module_reads_states_as_the_graph_writes_them():

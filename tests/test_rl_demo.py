@@ -74,6 +74,7 @@ def test_ship_writes_half_precision_weights_config_and_a_model_card(tmp_path):
         "| made_image | 7.0% | 60.0% | 85.0% |",
         "Warm start (`rl.warmstart`, 26.0 min, seed 0, shared by all seeds)",
         "seeds 0, 1, 2",
+        "advantages not divided by the group's reward std (Dr. GRPO)",
     ):
         assert needed in card
     assert not (dest.parent / "smollm2-llmi.tmp").exists()

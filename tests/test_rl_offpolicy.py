@@ -141,6 +141,7 @@ def test_grpo_args_turn_the_correction_on_for_server_and_replay(tmp_path):
     assert args(replay="rollouts.jsonl").vllm_importance_sampling_correction
     forced = args(off_policy_correction="sequence_mask")
     assert forced.vllm_importance_sampling_correction and forced.vllm_importance_sampling_mode == "sequence_mask"
+    assert args().scale_rewards == "group" and args(scale_rewards="none").scale_rewards == "none"
 
 
 def test_the_policy_server_reports_processed_logprobs(monkeypatch, tmp_path):

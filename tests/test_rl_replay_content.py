@@ -242,6 +242,46 @@ def test_replayed_format_switches_at_the_step_as_online_format_does(credit):
     assert call_like_trl(never, [*recorded[:1], recorded_format(states[0], hybrid=None)], 10_000) == [1.0, None]
 
 
+@pytest.mark.parametrize("credit", [0.0, 0.5])
+def test_replayed_relevance_switches_at_the_step_as_online_relevance_does(credit):
+    import asyncio
+
+    from rl.collect import content_rewards
+    from rl.content import RepetitionMemory
+
+    two = tag("code", "Weekly sales", code="plt.plot([120])") + tag("code", "Sales in Germany", code="plt.line([1])")
+    states = [
+        made_state(SALES, tag("code", SALES, code="plt.line([120])")),  # pastes the prompt; its tool failed
+        made_state(SALES, tag("code", "Weekly sales", code="plt.plot([120, 135])"), ok=(0,)),
+        made_state(SALES, two, ok=(0,), image_num=2),  # one of two worked
+        made_state(SALES, "No tag at all."),
+    ]
+    scores = asyncio.run(content_rewards(states, [f"r{k}" for k in range(4)], ["code"], RepetitionMemory()))
+    recorded = [{"hybrid": 0.5, **score} for score in scores]
+    assert recorded[0]["relevance"] > 0.5 and recorded[0]["relevance_success"] == 0.0
+    assert recorded[3]["relevance"] is None and recorded[3]["relevance_success"] is None
+    online = by_name(*RewardSuite(relevance_weight=1.0, format_needs_success_after_steps=2,
+                                  format_warmup_failed_credit=credit).functions())["relevance"][0]  # fmt: skip
+    replayed = by_name(*replay_reward_functions(relevance_weight=1.0, format_needs_success_after_steps=2,
+                                                format_warmup_failed_credit=credit))["relevance"][0]  # fmt: skip
+    for step in range(4):
+        want = asyncio.run(online_scores(online, states, step))
+        assert call_like_trl(replayed, recorded, step) == pytest.approx(want, abs=1e-5), step
+    assert call_like_trl(replayed, recorded, 3)[0] == 0.0
+
+
+async def online_scores(func: Any, states: list[dict[str, Any]], step: int) -> list[float | None]:
+    """An online reward function called as TRL 1.16 calls it."""
+    return await func(
+        prompts=[s["prompt"] for s in states],
+        completions=[s["draft"] for s in states],
+        llmi_state=states,
+        rollout_id=[f"online-{step}-{k}" for k in range(len(states))],
+        tools=[["code"]] * len(states),
+        trainer_state=SimpleNamespace(global_step=step),
+    )
+
+
 def test_each_weight_switches_its_reward_as_online():
     plain_funcs, plain_weights = replay_reward_functions()
     assert [f.__name__ for f in plain_funcs] == ALWAYS
