@@ -390,6 +390,7 @@ def test_replay_training_pays_the_configured_rewards_and_switches_format_at_its_
         for k in range(2):
             rewards = {"hybrid": float(k), "image_num": 1.0, "llm_judge": None, "mllm_judge": None}
             rewards |= {"format": 1.0, "format_success": 0.0, "relevance": 0.25 + 0.5 * k, "chart_numbers": 0.5}
+            rewards["relevance_success"] = 0.1 + 0.2 * k  # part of its relevance came from failing tags
             rewards["repetition"] = -1.0 * k
             lines.append(
                 {
@@ -429,7 +430,8 @@ def test_replay_training_pays_the_configured_rewards_and_switches_format_at_its_
     steps = {entry["step"]: entry for entry in log if "rewards/format/mean" in entry}
     assert sorted(steps) == [1, 2]
     assert steps[1]["rewards/format/mean"] == 1.0 and steps[2]["rewards/format/mean"] == 0.0  # success-only from 1
+    assert steps[1]["rewards/relevance/mean"] == pytest.approx(0.5)  # relevance switches with format
+    assert steps[2]["rewards/relevance/mean"] == pytest.approx(0.2)
     for entry in steps.values():
-        assert entry["rewards/relevance/mean"] == pytest.approx(0.5)
         assert entry["rewards/repetition/mean"] == pytest.approx(-0.5)
         assert not any(key.startswith("rewards/chart_numbers") for key in entry)  # weight None: not a reward
